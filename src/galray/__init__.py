@@ -1,0 +1,33 @@
+"""galray: distributed generative emulators of astronomical survey data on Ray."""
+
+from __future__ import annotations
+
+from galray.errors import (
+    ConfigError,
+    DataError,
+    FootprintError,
+    GalrayError,
+    ModelNotFoundError,
+    OutputExistsError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FootprintError",
+    "GalrayError",
+    "ModelNotFoundError",
+    "OutputExistsError",
+    "__version__",
+    "load_emulator",
+]
+
+
+def load_emulator(uri: str):
+    """Load a trained transfer-function emulator from ``models:/NAME@ALIAS``, ``runs:/ID/PATH``
+    or a local directory.  See :func:`galray.inference.load_emulator`."""
+    from galray.inference import load_emulator as _load
+
+    return _load(uri)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``galray`` CLI, one module per area (see :mod:`galray.cli`)."""

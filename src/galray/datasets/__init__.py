@@ -1,0 +1,1 @@
+"""Survey data: schemas, synthetic surveys, ingest of FITS/HDF5/Parquet/HEALPix, Ray Data readers."""

@@ -1,0 +1,116 @@
+"""File helpers shared by every writer and reader: atomic writes, Parquet shards, clear errors.
+
+Every file galray writes first goes to a hidden temporary name in the destination directory and is
+renamed into place only once complete, so an interrupted or failed write never leaves a file that
+looks finished.  Directories are built the same way (:func:`atomic_directory`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from galray.errors import DataError, OutputExistsError
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a whole directory under a temporary name; it appears at ``path`` only when complete.
+
+    Raises :class:`OutputExistsError` if ``path`` exists and is not empty, unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{path}: output directory exists and is not empty (pass --overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            old = _tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike, **kwargs) -> Path:
+    """Write ``table`` to ``path`` atomically (zstd, statistics on)."""
+    path = Path(path)
+    kwargs.setdefault("compression", "zstd")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return path
+
+
+def parquet_files(source: str | os.PathLike) -> list[Path]:
+    """The Parquet files of a shard directory (sorted), or ``[source]`` for a single file."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such file or directory")
+    files = sorted(p for p in source.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{source}: directory holds no .parquet files")
+    return files
+
+
+def read_parquet_schema(path: str | os.PathLike) -> pa.Schema:
+    """Schema of a Parquet file; a truncated or corrupt file raises DataError naming it."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (or shard directory); corrupt input raises DataError naming the file."""
+    files = parquet_files(path)
+    tables = []
+    for f in files:
+        schema = read_parquet_schema(f)
+        if columns is not None:
+            missing = [c for c in columns if c not in schema.names]
+            if missing:
+                raise DataError(f"{f}: missing column(s) {missing}; it has {schema.names}")
+        try:
+            tables.append(pq.read_table(f, columns=columns))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default")
