@@ -49,7 +49,9 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{path}: output directory exists and is not empty (pass --overwrite)")
+        raise OutputExistsError(
+            f"{path}: output directory exists and is not empty (pass --overwrite)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     tmp.mkdir()

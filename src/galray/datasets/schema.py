@@ -79,7 +79,9 @@ def flux_to_mag(flux):
 
     flux = np.asarray(flux, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(flux > 0, FLUX_ZEROPOINT - 2.5 * np.log10(np.where(flux > 0, flux, 1)), np.nan)
+        return np.where(
+            flux > 0, FLUX_ZEROPOINT - 2.5 * np.log10(np.where(flux > 0, flux, 1)), np.nan
+        )
 
 
 INJECTION_FIELDS: dict[str, pa.DataType] = {
