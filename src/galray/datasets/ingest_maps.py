@@ -1,0 +1,357 @@
+"""``galray ingest maps``: healpy FITS maps -> one Parquet condition table, ``conditions.parquet``.
+
+Each input is a healpy map file, full-sky (implicit indexing, read with :func:`healpy.read_map`) or
+partial (explicit ``PIXEL``/``SIGNAL`` table, as written by ``healpy.write_map(..., partial=True)``),
+in RING or NESTED ordering as its header says (``NSIDE``, ``ORDERING``, ``INDXSCHM``).  Pixels
+holding ``healpy.UNSEEN`` or NaN lie outside that map's footprint.  The output keeps the pixels
+where *every* map is defined (the intersection), sorted ascending, one float32 column per map, with
+``nside``, ordering and bands in the Parquet schema metadata (kind ``"conditions"``); read it with
+:func:`galray.datasets.conditions.read_condition_map`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import healpy as hp
+import numpy as np
+import pyarrow as pa
+
+from galray.config import require
+from galray.datasets import schema
+from galray.datasets.ingest import check_nside, fits_table_hdu, open_fits
+from galray.errors import ConfigError, DataError
+from galray.io import atomic_directory, write_parquet
+
+CONDITIONS_FILE = "conditions.parquet"
+_FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fits", ".fit", ".fts")
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one map
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapHeader:
+    """What a healpy map file's header says: ``nside``, ``ordering``, explicit indexing, HDU."""
+
+    path: Path
+    nside: int
+    ordering: str
+    partial: bool
+    hdu: int
+
+
+@dataclass(frozen=True)
+class HealpixMap:
+    """The defined pixels of one map: ``pixels`` (int64, ascending, in ``ordering``) and
+    ``values`` (the file's dtype), with the file's ``nside``."""
+
+    path: Path
+    nside: int
+    ordering: str
+    partial: bool
+    pixels: np.ndarray
+    values: np.ndarray
+
+
+def _header_ordering(header: Any, path: Path) -> str:
+    ordering = str(header.get("ORDERING", "")).strip().upper()
+    ordering = "NESTED" if ordering == "NEST" else ordering
+    if ordering not in schema.ORDERINGS:
+        raise DataError(
+            f"{path}: header keyword ORDERING is {repr(ordering) if ordering else 'missing'}; "
+            "expected RING or NESTED"
+        )
+    return ordering
+
+
+def _header_partial(header: Any, path: Path) -> bool:
+    scheme = str(header.get("INDXSCHM", "")).strip().upper()
+    obj = str(header.get("OBJECT", "")).strip().upper()
+    explicit = scheme == "EXPLICIT" or (scheme == "" and obj == "PARTIAL")
+    if (scheme == "EXPLICIT" and obj == "FULLSKY") or (scheme == "IMPLICIT" and obj == "PARTIAL"):
+        raise DataError(f"{path}: header keywords INDXSCHM={scheme} and OBJECT={obj} disagree")
+    return explicit
+
+
+def read_map_header(path: str | os.PathLike) -> MapHeader:
+    """Read the HEALPix keywords of a healpy map file; DataError names the file and keyword."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open_fits(path) as hdul:
+        index, hdu = fits_table_hdu(hdul, path)
+        header = hdu.header
+        pixtype = str(header.get("PIXTYPE", "HEALPIX")).strip().upper()
+        if pixtype != "HEALPIX":
+            raise DataError(f"{path}: header keyword PIXTYPE is {pixtype!r}, not HEALPIX")
+        if "NSIDE" not in header:
+            raise DataError(f"{path}: no NSIDE keyword in the header of HDU {index}")
+        try:
+            nside = check_nside(int(header["NSIDE"]), "NSIDE")
+        except (ConfigError, ValueError) as exc:
+            raise DataError(f"{path}: header keyword {exc}") from None
+        ordering = _header_ordering(header, path)
+        return MapHeader(path, nside, ordering, _header_partial(header, path), index)
+
+
+def _read_full(header: MapHeader, ordering: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        m = hp.read_map(str(header.path), field=0, hdu=header.hdu, nest=None, dtype=None)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise DataError(f"{header.path}: not a readable healpy map ({exc})") from exc
+    m = np.asarray(m)
+    m = m.astype(m.dtype.newbyteorder("="), copy=False)
+    if header.ordering != ordering:
+        m = hp.reorder(m, r2n=header.ordering == "RING", n2r=header.ordering == "NESTED")
+    pixels = np.flatnonzero(~(hp.mask_bad(m) | np.isnan(m))).astype(np.int64)
+    return pixels, m[pixels]
+
+
+def _table_column(hdu: Any, name: str, kinds: str, path: Path) -> np.ndarray:
+    values = np.asarray(hdu.data.field(name)).ravel()
+    if values.dtype.kind not in kinds:
+        raise DataError(f"{path}: column {name!r} has dtype {values.dtype}; expected a number")
+    return values.astype(values.dtype.newbyteorder("="))  # a copy, detached from the memmap
+
+
+def _read_explicit(header: MapHeader) -> tuple[np.ndarray, np.ndarray]:
+    """The PIXEL column and the first other column of a partial map, as stored."""
+    path = header.path
+    with open_fits(path) as hdul:
+        hdu = hdul[header.hdu]
+        names = list(hdu.columns.names)
+        pix_names = [n for n in names if n.upper() == "PIXEL"]
+        signal = [n for n in names if n.upper() != "PIXEL"]
+        if not pix_names or not signal:
+            raise DataError(f"{path}: a partial map needs a PIXEL and a value column, has {names}")
+        if hdu.data is None or len(hdu.data) == 0:
+            raise DataError(f"{path}: the partial map has zero rows")
+        pixels = _table_column(hdu, pix_names[0], "iu", path).astype(np.int64)
+        values = _table_column(hdu, signal[0], "iuf", path)
+    if len(pixels) != len(values):
+        raise DataError(f"{path}: PIXEL has {len(pixels)} entries, {signal[0]} has {len(values)}")
+    return pixels, values
+
+
+def _read_partial(header: MapHeader, ordering: str) -> tuple[np.ndarray, np.ndarray]:
+    pixels, values = _read_explicit(header)
+    npix = hp.nside2npix(header.nside)
+    bad = (pixels < 0) | (pixels >= npix)
+    if bad.any():
+        raise DataError(
+            f"{header.path}: column 'PIXEL' holds {int(bad.sum())} pixel(s) outside "
+            f"[0, {npix}) for NSIDE {header.nside}, e.g. {pixels[bad][0].item()}"
+        )
+    defined = ~(hp.mask_bad(values) | np.isnan(values))
+    pixels, values = pixels[defined], values[defined]
+    if header.ordering != ordering:
+        convert = hp.ring2nest if header.ordering == "RING" else hp.nest2ring
+        pixels = np.asarray(convert(header.nside, pixels), dtype=np.int64)
+    order = np.argsort(pixels, kind="stable")
+    pixels, values = pixels[order], values[order]
+    dup = np.flatnonzero(np.diff(pixels) == 0)
+    if dup.size:
+        raise DataError(f"{header.path}: column 'PIXEL' lists pixel {pixels[dup[0]]} twice")
+    return pixels, values
+
+
+def read_healpix_map(path: str | os.PathLike, ordering: str | None = None) -> HealpixMap:
+    """The defined pixels and values of a healpy map file, in ``ordering`` (default: the file's).
+
+    Full-sky files go through :func:`healpy.read_map` and :func:`healpy.reorder`; partial files are
+    read as a PIXEL/value table and their pixel indices converted with ring2nest/nest2ring.
+    """
+    header = read_map_header(path)
+    ordering = (ordering or header.ordering).upper()
+    require(ordering in schema.ORDERINGS, "ordering", f"must be one of {schema.ORDERINGS}")
+    read = _read_partial if header.partial else _read_full
+    pixels, values = read(header, ordering)
+    if pixels.size == 0:
+        raise DataError(f"{header.path}: every pixel is UNSEEN or NaN (empty footprint)")
+    return HealpixMap(header.path, header.nside, ordering, header.partial, pixels, values)
+
+
+# --------------------------------------------------------------------------------------------
+# The condition table
+# --------------------------------------------------------------------------------------------
+
+
+def parse_map_spec(spec: str) -> tuple[str, Path]:
+    """``COLUMN=path.fits`` -> (COLUMN, path); a bare ``path.fits`` names its column by stem."""
+    left, sep, right = spec.partition("=")
+    if sep and _COLUMN_NAME.fullmatch(left):
+        column, path = left, Path(right)
+    else:
+        path = Path(spec)
+        name = path.name
+        suffix = next((s for s in _FITS_SUFFIXES if name.lower().endswith(s)), "")
+        column = name[: len(name) - len(suffix)]
+    if not _COLUMN_NAME.fullmatch(column) or column == "pixel":
+        raise ConfigError(f"{spec}: column name {column!r} is not usable; write COLUMN=path.fits")
+    return column, path
+
+
+def _parse_specs(specs: Sequence[str]) -> dict[str, Path]:
+    if not specs:
+        raise ConfigError("maps: no map given")
+    columns: dict[str, Path] = {}
+    for spec in specs:
+        column, path = parse_map_spec(spec)
+        if column in columns:
+            raise ConfigError(f"{spec}: column {column!r} is already given by {columns[column]}")
+        columns[column] = path
+    return columns
+
+
+def _check_same_nside(headers: dict[str, MapHeader]) -> None:
+    first = next(iter(headers.values()))
+    for header in headers.values():
+        if header.nside != first.nside:
+            raise DataError(
+                f"{header.path} has NSIDE {header.nside} but {first.path} has NSIDE "
+                f"{first.nside}; all maps must share nside (degrade with healpy.ud_grade first)"
+            )
+
+
+def _in_sorted(values: np.ndarray, sorted_: np.ndarray) -> np.ndarray:
+    """Boolean mask: which ``values`` occur in the ascending array ``sorted_``."""
+    idx = np.minimum(np.searchsorted(sorted_, values), len(sorted_) - 1)
+    return sorted_[idx] == values
+
+
+def _footprint(maps: dict[str, HealpixMap]) -> np.ndarray:
+    """Pixels where every map is defined (ascending)."""
+    maps_ = list(maps.values())
+    common = maps_[0].pixels
+    for m in maps_[1:]:
+        common = common[_in_sorted(common, m.pixels)]
+    if common.size == 0:
+        raise DataError(
+            f"{', '.join(str(m.path) for m in maps_)}: the maps share no pixel where all are defined"
+        )
+    return common
+
+
+def _checked_values(column: str, m: HealpixMap, footprint: np.ndarray) -> np.ndarray:
+    """float32 values of map ``m`` on the footprint; non-finite or bad PSF values are a DataError."""
+    with np.errstate(over="ignore"):  # beyond float32 -> inf, reported below
+        values = m.values[np.searchsorted(m.pixels, footprint)].astype(np.float32)
+    bad = ~np.isfinite(values)
+    what = "non-finite (or beyond float32)"
+    if column.startswith("psf_fwhm") and not bad.any():
+        bad, what = values <= 0, "non-positive PSF FWHM"
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{m.path}: column {column!r}: {int(bad.sum())} {what} value(s) inside the footprint, "
+            f"e.g. {values[first].item()!r} at pixel {footprint[first]} ({m.ordering}, nside {m.nside})"
+        )
+    return values
+
+
+def _bands(columns: Sequence[str]) -> list[str]:
+    bands: list[str] = []
+    for column in columns:
+        quantity, _, band = column.rpartition("_")
+        if quantity in schema.CONDITION_QUANTITIES and band not in bands:
+            bands.append(band)
+    return bands
+
+
+def condition_table(maps: dict[str, HealpixMap], footprint: np.ndarray) -> pa.Table:
+    """The ``pixel`` + one float32 column per map table, metadata included."""
+    first = next(iter(maps.values()))
+    columns = {"pixel": pa.array(footprint, type=pa.int64())}
+    for column, m in maps.items():
+        columns[column] = pa.array(_checked_values(column, m, footprint), type=pa.float32())
+    meta = schema.healpix_metadata(
+        first.nside,
+        first.ordering,
+        kind="conditions",
+        bands=_bands(list(maps)),
+        extra={"sources": {c: m.path.name for c, m in maps.items()}},
+    )
+    return pa.table(columns).replace_schema_metadata(meta)
+
+
+@dataclass
+class MapIngestSummary:
+    """What :func:`ingest_maps` kept: ``n_footprint`` pixels common to every map, out of
+    ``n_union`` defined in at least one; ``outside`` counts, per column, the pixels defined in
+    that map but dropped because another map lacked them."""
+
+    out: Path
+    nside: int
+    ordering: str
+    sources: dict[str, MapHeader] = field(default_factory=dict)
+    n_defined: dict[str, int] = field(default_factory=dict)
+    outside: dict[str, int] = field(default_factory=dict)
+    n_union: int = 0
+    n_footprint: int = 0
+
+    @property
+    def n_dropped(self) -> int:
+        return self.n_union - self.n_footprint
+
+    def lines(self) -> list[str]:
+        out = [f"ingest maps -> {self.out / CONDITIONS_FILE} (nside {self.nside}, {self.ordering})"]
+        for column, h in self.sources.items():
+            kind = "partial" if h.partial else "full-sky"
+            out.append(
+                f"  {column} <- {h.path} ({kind}, {h.ordering}): {self.n_defined[column]:,} "
+                f"pixels defined, {self.outside[column]:,} outside the common footprint"
+            )
+        out.append(
+            f"  kept {self.n_footprint:,} pixels where every map is defined; dropped "
+            f"{self.n_dropped:,} of the {self.n_union:,} defined in some map"
+        )
+        return out
+
+
+def _union_size(maps: dict[str, HealpixMap]) -> int:
+    union = np.zeros(0, dtype=np.int64)
+    for m in maps.values():
+        union = np.union1d(union, m.pixels)
+    return int(union.size)
+
+
+def ingest_maps(
+    specs: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    ordering: str | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], Any] = print,
+) -> MapIngestSummary:
+    """Ingest healpy maps (``COLUMN=path.fits`` or ``path.fits``) into ``out/conditions.parquet``.
+
+    All maps must share ``nside``.  ``ordering`` (``"RING"``/``"NESTED"``) of the output defaults
+    to that of the first map.  The output directory appears only if everything succeeded.
+    """
+    paths = _parse_specs(specs)
+    headers = {column: read_map_header(path) for column, path in paths.items()}
+    _check_same_nside(headers)
+    first = next(iter(headers.values()))
+    ordering = (ordering or first.ordering).upper()
+    require(ordering in schema.ORDERINGS, "ordering", f"must be one of {schema.ORDERINGS}")
+    maps = {column: read_healpix_map(path, ordering) for column, path in paths.items()}
+    footprint = _footprint(maps)
+    table = condition_table(maps, footprint)
+    summary = MapIngestSummary(Path(out), first.nside, ordering, headers)
+    summary.n_defined = {c: int(m.pixels.size) for c, m in maps.items()}
+    summary.outside = {c: int(m.pixels.size - footprint.size) for c, m in maps.items()}
+    summary.n_union, summary.n_footprint = _union_size(maps), int(footprint.size)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_parquet(table, tmp / CONDITIONS_FILE)
+    for line in summary.lines():
+        log(line)
+    return summary
