@@ -1,0 +1,157 @@
+"""A trained transfer-function emulator as one object: load it, sample it.
+
+A saved emulator is a directory (a "bundle")::
+
+    emulator.json    format version, bands, network config, training provenance
+    features.json    column order and standardisation (:class:`galray.features.EmulatorFeatures`)
+    generator.pt     state dict of the conditional generator
+    detection.pt     state dict of the detection model
+
+MLflow stores the same directory as the artifacts of a logged model, so a registry URI resolves
+to it (:func:`load_emulator`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from galray.errors import DataError, ModelNotFoundError
+from galray.features import EmulatorFeatures
+from galray.io import atomic_directory
+from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+
+BUNDLE_VERSION = 1
+
+
+class Emulator:
+    """Samples observed fluxes, magnitudes and detection given truth and observing conditions."""
+
+    def __init__(
+        self,
+        generator: ConditionalGenerator,
+        detection: DetectionModel,
+        features: EmulatorFeatures,
+        net: NetConfig,
+        info: dict | None = None,
+    ):
+        self.generator = generator.eval()
+        self.detection = detection.eval()
+        self.features = features
+        self.net = net
+        self.info = dict(info or {})
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.features.bands)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return EmulatorFeatures.cond_columns(self.features.bands, self.features.use_size)
+
+    def to(self, device: str | torch.device) -> Emulator:
+        self.generator.to(device)
+        self.detection.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @torch.inference_mode()
+    def sample(
+        self, rows: Mapping[str, np.ndarray] | pd.DataFrame, *, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Emulate one measurement of each row.
+
+        rows: the columns of :attr:`input_columns` (true magnitudes AB, ``true_size`` arcsec,
+        ``psf_fwhm_b`` arcsec, ``depth_b`` AB).  Returns ``detected`` (bool), ``p_detected``, and
+        ``obs_flux_b`` / ``obs_mag_b`` (NaN where not detected; mag NaN where flux <= 0).
+        The same rows and seed give the same output.
+        """
+        columns = _as_columns(rows)
+        cond_np = self.features.encode_cond(columns)
+        n = cond_np.shape[0]
+        device = self.device
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        cond = torch.from_numpy(cond_np).to(device)
+        z = torch.randn(n, self.generator.noise_dim, generator=gen, device=device)
+        u = torch.rand(n, generator=gen, device=device)
+        p_det = torch.sigmoid(self.detection(cond).float())
+        y = self.generator(z, cond).float()
+        detected = (u < p_det).cpu().numpy()
+        out = self.features.decode_target(y.cpu().numpy(), columns)
+        for values in out.values():
+            values[~detected] = np.nan
+        return {"detected": detected, "p_detected": p_det.cpu().numpy(), **out}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            meta = {
+                "format": "galray.emulator",
+                "version": BUNDLE_VERSION,
+                "bands": self.bands,
+                "net": asdict(self.net),
+                "info": self.info,
+            }
+            (tmp / "emulator.json").write_text(json.dumps(meta, indent=2))
+            (tmp / "features.json").write_text(self.features.to_json())
+            torch.save(_cpu_state(self.generator), tmp / "generator.pt")
+            torch.save(_cpu_state(self.detection), tmp / "detection.pt")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Emulator:
+        path = Path(path)
+        meta_path = path / "emulator.json"
+        if not meta_path.is_file():
+            raise ModelNotFoundError(f"{path}: not a galray emulator (no emulator.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "galray.emulator" or meta.get("version") != BUNDLE_VERSION:
+            raise ModelNotFoundError(
+                f"{meta_path}: unsupported emulator format {meta.get('format')!r} v{meta.get('version')}"
+            )
+        try:
+            features = EmulatorFeatures.from_json((path / "features.json").read_text())
+            net = NetConfig(**meta["net"])
+            generator = ConditionalGenerator(features.n_cond, features.n_target, net)
+            detection = DetectionModel(features.n_cond, net)
+            generator.load_state_dict(_load_state(path / "generator.pt"))
+            detection.load_state_dict(_load_state(path / "detection.pt"))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelNotFoundError(f"{path}: damaged emulator bundle ({exc})") from exc
+        return cls(generator, detection, features, net, meta.get("info")).to(device)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    inner = getattr(module, "module", module)  # unwrap DDP
+    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+
+def _as_columns(rows: Mapping[str, np.ndarray] | pd.DataFrame) -> dict[str, np.ndarray]:
+    if isinstance(rows, pd.DataFrame):
+        return {c: rows[c].to_numpy() for c in rows.columns}
+    if not isinstance(rows, Mapping):
+        raise DataError(
+            f"emulator input: expected a DataFrame or a mapping of columns, got {type(rows).__name__}"
+        )
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def load_emulator(uri: str, device: str | torch.device = "cpu") -> Emulator:
+    """Load an emulator from a local bundle directory, ``runs:/RUN_ID/PATH`` or ``models:/NAME@ALIAS``
+    (``models:/NAME/VERSION``) through the MLflow tracking server / registry in use."""
+    from galray.tracking import resolve_model_uri
+
+    return Emulator.load(resolve_model_uri(uri), device=device)

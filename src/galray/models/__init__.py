@@ -1,0 +1,1 @@
+"""Plain torch modules: no Ray, no files."""

@@ -1,0 +1,305 @@
+"""The emulator's training step as plain torch: callable without Ray, benchmarked alone.
+
+One *group* is ``critic_steps`` WGAN-GP critic updates (each on its own batch of detected rows),
+one generator update and one detection-model update.  Everything stays on the device: batches are
+gathered from resident tensors by index, noise is drawn on the device, metrics accumulate into
+device tensors and are read once per epoch.  The group therefore has no host synchronisation and
+can be captured whole as a CUDA graph (:class:`GroupRunner`), which removes the kernel-launch
+overhead that bounds small-batch GAN steps on a GPU.
+
+Data parallelism: after every backward the gradients are averaged across ranks with one
+``all_reduce`` of a flat buffer (:class:`GradientSync`) -- the arithmetic of DDP.  DDP's own reducer
+is not used because its hooks assume one backward per forward, and the gradient penalty's double
+backward breaks that, and because an explicit collective can be captured in the CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from galray.config import require
+from galray.models.emulator import (
+    ConditionalGenerator,
+    Critic,
+    DetectionModel,
+    NetConfig,
+    gradient_penalty,
+)
+
+METRIC_NAMES = ("critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "detection_bce")
+
+
+@dataclass
+class OptimConfig:
+    """WGAN-GP optimisation (defaults from Gulrajani et al. 2017: lr 1e-4, Adam betas (0, 0.9),
+    5 critic steps per generator step, penalty weight 10).
+
+    batch_size: rows per critic (and generator) batch, per worker.
+    detection_batch_size: rows per detection-model batch (all rows, detected or not).
+    """
+
+    batch_size: int = 512
+    critic_steps: int = 5
+    gp_weight: float = 10.0
+    one_sided_penalty: bool = True
+    lr_generator: float = 1e-4
+    lr_critic: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    lr_detection: float = 1e-3
+    detection_batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        require(self.critic_steps >= 1, "critic_steps", f"must be >= 1, got {self.critic_steps}")
+        require(self.gp_weight >= 0, "gp_weight", f"must be >= 0, got {self.gp_weight}")
+        for name in ("lr_generator", "lr_critic", "lr_detection"):
+            value = getattr(self, name)
+            require(0 < value < 1, name, f"must be in (0, 1), got {value}")
+        betas = tuple(self.betas)
+        require(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            "betas",
+            f"must be two numbers in [0, 1), got {self.betas}",
+        )
+        self.betas = (float(betas[0]), float(betas[1]))
+        require(self.detection_batch_size >= 2, "detection_batch_size", "must be >= 2")
+
+
+@dataclass
+class DeviceData:
+    """Training rows resident on the device.
+
+    cond_det [Nd, C] and target [Nd, Y]: the detected rows (what the GAN learns);
+    cond_all [N, C] and label [N]: every row (what the detection model learns).
+    """
+
+    cond_det: torch.Tensor
+    target: torch.Tensor
+    cond_all: torch.Tensor
+    label: torch.Tensor
+
+    @property
+    def n_detected(self) -> int:
+        return self.cond_det.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        return self.cond_all.shape[0]
+
+
+@dataclass
+class EmulatorModules:
+    generator: ConditionalGenerator
+    critic: Critic
+    detection: DetectionModel
+    opt_generator: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    opt_detection: torch.optim.Optimizer
+    sums: torch.Tensor = field(init=False)  # running sums of METRIC_NAMES, plus a group count
+
+    def __post_init__(self) -> None:
+        device = next(self.generator.parameters()).device
+        self.sums = torch.zeros(len(METRIC_NAMES) + 1, device=device)
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "detection": self.detection.state_dict(),
+            "opt_generator": self.opt_generator.state_dict(),
+            "opt_critic": self.opt_critic.state_dict(),
+            "opt_detection": self.opt_detection.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.detection.load_state_dict(state["detection"])
+        self.opt_generator.load_state_dict(state["opt_generator"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.opt_detection.load_state_dict(state["opt_detection"])
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Mean of each metric since the last call (one host sync)."""
+        sums = self.sums.detach().cpu().tolist()
+        self.sums.zero_()
+        count = max(sums[-1], 1.0)
+        return {name: s / count for name, s in zip(METRIC_NAMES, sums[:-1])}
+
+
+def build_modules(
+    n_cond: int, n_target: int, net: NetConfig, opt: OptimConfig, device: torch.device, seed: int
+) -> EmulatorModules:
+    """Networks and optimisers, initialised identically on every rank for a given seed."""
+    torch.manual_seed(seed)
+    generator = ConditionalGenerator(n_cond, n_target, net).to(device)
+    critic = Critic(n_cond, n_target, net).to(device)
+    detection = DetectionModel(n_cond, net).to(device)
+    # capturable Adam keeps its step count on the device, as CUDA-graph replay requires
+    capturable = device.type == "cuda"
+
+    def adam(params, lr, betas):
+        return torch.optim.Adam(params, lr=lr, betas=betas, capturable=capturable, foreach=True)
+
+    return EmulatorModules(
+        generator,
+        critic,
+        detection,
+        adam(generator.parameters(), opt.lr_generator, opt.betas),
+        adam(critic.parameters(), opt.lr_critic, opt.betas),
+        adam(detection.parameters(), opt.lr_detection, (0.9, 0.999)),
+    )
+
+
+class GradientSync:
+    """Average gradients across ranks with one flat ``all_reduce`` (a no-op on one rank)."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def __call__(self, module: nn.Module) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def train_group(
+    m: EmulatorModules,
+    data: DeviceData,
+    idx_critic: torch.Tensor,  # [critic_steps, B] rows of the detected set
+    idx_det: torch.Tensor,  # [Bd] rows of the full set
+    opt: OptimConfig,
+    sync: GradientSync,
+) -> None:
+    """One group of updates; accumulates metrics into ``m.sums``.  No host synchronisation."""
+    gen, critic = m.generator, m.critic
+    steps, batch = idx_critic.shape
+    noise_dim = gen.noise_dim
+    device = data.cond_det.device
+    for k in range(steps):
+        cond = data.cond_det[idx_critic[k]]  # [B, C]
+        real = data.target[idx_critic[k]]  # [B, Y]
+        with torch.no_grad():
+            fake = gen(torch.randn(batch, noise_dim, device=device), cond)
+        scores = critic(torch.cat([real, fake]), torch.cat([cond, cond]))
+        wasserstein = scores[:batch].mean() - scores[batch:].mean()
+        eps = torch.rand(batch, 1, device=device)
+        gp = gradient_penalty(critic, real, fake, cond, eps, opt.one_sided_penalty)
+        loss = -wasserstein + opt.gp_weight * gp
+        m.opt_critic.zero_grad(set_to_none=False)
+        loss.backward()
+        sync(critic)
+        m.opt_critic.step()
+
+    # the generator's loss is the critic's score alone: nothing that shrinks its variance
+    cond = data.cond_det[idx_critic[-1]]
+    g_loss = -critic(gen(torch.randn(batch, noise_dim, device=device), cond), cond).mean()
+    m.opt_generator.zero_grad(set_to_none=False)
+    g_loss.backward()
+    sync(gen)
+    m.opt_generator.step()
+
+    logits = m.detection(data.cond_all[idx_det])
+    bce = F.binary_cross_entropy_with_logits(logits, data.label[idx_det])
+    m.opt_detection.zero_grad(set_to_none=False)
+    bce.backward()
+    sync(m.detection)
+    m.opt_detection.step()
+
+    with torch.no_grad():
+        one = torch.ones((), device=device)
+        m.sums += torch.stack([loss, wasserstein, gp, g_loss, bce, one]).detach()
+
+
+class GroupRunner:
+    """Runs :func:`train_group`, eagerly or replayed from a captured CUDA graph.
+
+    With ``cuda_graph=True`` (CUDA only) the first call warms up on a side stream, then captures
+    one group with static index buffers; later calls copy the new indices in and replay.
+    """
+
+    def __init__(
+        self,
+        m: EmulatorModules,
+        data: DeviceData,
+        opt: OptimConfig,
+        sync: GradientSync,
+        cuda_graph: bool = False,
+    ):
+        self.m, self.data, self.opt, self.sync = m, data, opt, sync
+        self.cuda_graph = cuda_graph and data.cond_det.is_cuda
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, idx_critic: torch.Tensor, idx_det: torch.Tensor) -> None:
+        if not self.cuda_graph:
+            train_group(self.m, self.data, idx_critic, idx_det, self.opt, self.sync)
+            return
+        if self.graph is None:
+            self._capture(idx_critic, idx_det)
+        self.static_critic.copy_(idx_critic)
+        self.static_det.copy_(idx_det)
+        self.graph.replay()
+
+    def _capture(self, idx_critic: torch.Tensor, idx_det: torch.Tensor) -> None:
+        self.static_critic = idx_critic.clone()
+        self.static_det = idx_det.clone()
+        args = (self.m, self.data, self.static_critic, self.static_det, self.opt, self.sync)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # allocate grads and optimizer state outside the graph
+                train_group(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            train_group(*args)
+
+
+def epoch_indices(
+    data: DeviceData, opt: OptimConfig, generator: torch.Generator, groups: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shuffled epoch: ``[groups, critic_steps, B]`` detected-row indices and
+    ``[groups, Bd]`` all-row indices (drawn with replacement).
+
+    ``groups`` defaults to as many as the local rows allow; with several ranks pass the minimum
+    over ranks, since every rank must run the same number of collectives."""
+    device = data.cond_det.device
+    per_group = opt.critic_steps * opt.batch_size
+    groups = data.n_detected // per_group if groups is None else groups
+    if groups == 0:
+        raise ValueError(
+            f"{data.n_detected} detected rows on this worker: fewer than one group of "
+            f"critic_steps x batch_size = {per_group}; lower optim.batch_size"
+        )
+    perm = torch.randperm(data.n_detected, generator=generator, device="cpu").to(device)
+    idx_critic = perm[: groups * per_group].view(groups, opt.critic_steps, opt.batch_size)
+    idx_det = torch.randint(
+        data.n_rows, (groups, opt.detection_batch_size), generator=generator, device="cpu"
+    ).to(device)
+    return idx_critic, idx_det
+
+
+def run_epoch(
+    runner: GroupRunner,
+    data: DeviceData,
+    opt: OptimConfig,
+    generator: torch.Generator,
+    groups: int | None = None,
+) -> int:
+    """Train one epoch; returns the rows the critic consumed."""
+    idx_critic, idx_det = epoch_indices(data, opt, generator, groups)
+    for g in range(idx_critic.shape[0]):
+        runner(idx_critic[g], idx_det[g])
+    return idx_critic.numel()
