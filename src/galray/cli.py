@@ -17,6 +17,7 @@ from galray.errors import GalrayError
 COMMAND_MODULES = (
     "galray.commands.simulate",
     "galray.commands.ingest",
+    "galray.commands.train",
 )
 
 

@@ -1,0 +1,364 @@
+"""Ray Train loop of the transfer-function emulator (cWGAN-GP + detection model).
+
+The same :func:`train_loop` runs on one CPU worker (gloo) and on N GPU workers (NCCL).  Each worker
+takes its shard of the training rows from Ray Data (``get_dataset_shard``) and holds it on its
+device; standardisation is fitted from moments summed over all ranks, so every rank encodes rows
+identically.  Every epoch rank 0 reports a checkpoint through ``ray.train.report``; a restarted
+worker group (``FailureConfig``) resumes from the latest one, so finished epochs are not repeated.
+Per-epoch metrics go to MLflow from rank 0 (into the run the driver opened), the final model is
+logged and registered by the driver (:func:`galray.trainers.emulator_job.train_emulator`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from scipy.stats import ks_2samp
+
+from galray.config import from_dict, require
+from galray.datasets import schema
+from galray.features import EmulatorFeatures
+from galray.models.emulator import NetConfig
+from galray.trainers.emulator_step import (
+    DeviceData,
+    EmulatorModules,
+    GradientSync,
+    GroupRunner,
+    OptimConfig,
+    build_modules,
+    epoch_indices,
+)
+
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_FEATURES = "features.json"
+CHECKPOINT_PROGRESS = "progress.json"
+
+
+@dataclass
+class DataConfig:
+    """Where the training rows come from.
+
+    survey: a directory written by ``galray simulate survey`` or laid out the same way
+    (``injections/`` Parquet shards and ``maps/conditions.parquet``); or give ``catalog`` and
+    ``maps`` explicitly.  fractions: train/val/test split by id.  use_size: give the model the
+    true half-light radius as an input.  simulate: if ``survey`` does not exist, write a synthetic
+    survey there first with these :class:`~galray.datasets.simulate.SurveyConfig` fields.
+    """
+
+    survey: str | None = None
+    catalog: str | None = None
+    maps: str | None = None
+    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    salt: int = 0
+    max_outside_fraction: float = 0.01
+    use_size: bool = True
+    max_val_rows: int = 20_000
+    simulate: dict | None = None  # SurveyConfig fields: simulate ``survey`` first if missing
+
+    def __post_init__(self) -> None:
+        require(
+            self.survey is not None or (self.catalog is not None and self.maps is not None),
+            "data",
+            "give data.survey, or both data.catalog and data.maps",
+        )
+        if self.survey is not None:
+            self.catalog = self.catalog or str(Path(self.survey) / "injections")
+            self.maps = self.maps or str(Path(self.survey) / "maps" / "conditions.parquet")
+        require(
+            len(self.fractions) == 3
+            and all(f >= 0 for f in self.fractions)
+            and abs(sum(self.fractions) - 1) < 1e-6,
+            "data.fractions",
+            f"must be three non-negative numbers summing to 1, got {self.fractions}",
+        )
+        self.fractions = tuple(float(f) for f in self.fractions)
+        if self.simulate is not None:
+            from galray.config import from_dict
+            from galray.datasets.simulate import SurveyConfig
+
+            from_dict(SurveyConfig, dict(self.simulate), prefix="data.simulate.")
+        require(
+            0 <= self.max_outside_fraction <= 1, "data.max_outside_fraction", "must be in [0, 1]"
+        )
+        require(self.max_val_rows >= 100, "data.max_val_rows", "must be >= 100")
+
+
+@dataclass
+class ScalingConfig:
+    """num_workers: Ray Train workers (DDP ranks).  use_gpu: one GPU per worker.
+    cpus_per_worker: CPU share of each worker (0.5 lets 2 workers share 2 cores with Ray Data)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(
+            self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}"
+        )
+        require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: experiment name, registered model name and alias (empty: don't register)."""
+
+    experiment: str = "galray-emulator"
+    run_name: str | None = None
+    registered_name: str = "galray-emulator"
+    alias: str = "champion"
+
+
+@dataclass
+class EmulatorTrainConfig:
+    """One emulator training job (``galray train emulator --config FILE``).
+
+    epochs: passes of the critic over the detected training rows.  seed: initialisation and data
+    order.  storage_path: where Ray Train keeps checkpoints.  max_failures: worker-group restarts
+    allowed.  cuda_graphs: capture the training step as a CUDA graph on GPUs.  evaluate: write a
+    fidelity report on the test split at the end.
+    """
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(survey="survey"))
+    net: NetConfig = field(default_factory=NetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    epochs: int = 20
+    seed: int = 0
+    storage_path: str = "galray-runs"
+    max_failures: int = 2
+    cuda_graphs: bool = True
+    evaluate: bool = True
+    eval_rows: int = 50_000
+    debug_fail_at_epoch: int | None = None  # fault injection for tests: kill a worker once
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        require(self.eval_rows >= 1000, "eval_rows", f"must be >= 1000, got {self.eval_rows}")
+
+
+# --------------------------------------------------------------------------- worker helpers
+
+
+def _columns_needed(bands, use_size: bool) -> list[str]:
+    cols = EmulatorFeatures.cond_columns(bands, use_size)
+    return cols + [schema.obs_flux(b) for b in bands] + ["detected"]
+
+
+def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
+    """A Ray Data shard (DataIterator) as numpy columns, read block by block."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
+        for c in columns:
+            parts[c].append(np.asarray(batch[c]))
+    return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
+
+
+def _all_reduce_np(x: np.ndarray, device: torch.device, op=None) -> np.ndarray:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def fit_features(columns, bands, use_size, device) -> EmulatorFeatures:
+    """Standardisation from moments summed over every rank (identical on all ranks)."""
+    probe = EmulatorFeatures(list(bands), use_size, [0.0], [1.0], [0.0], [1.0])
+    det = columns["detected"].astype(bool)
+    cond_m = EmulatorFeatures.moments(probe.raw_cond(columns))
+    target_m = EmulatorFeatures.moments(probe.raw_target(columns, det))
+    cond_m = _all_reduce_np(cond_m, device)
+    target_m = _all_reduce_np(target_m, device)
+    return EmulatorFeatures.from_moments(bands, use_size, cond_m, target_m)
+
+
+def to_device_data(columns, features: EmulatorFeatures, device: torch.device) -> DeviceData:
+    det = columns["detected"].astype(bool)
+    cond = torch.from_numpy(features.encode_cond(columns))
+    return DeviceData(
+        cond_det=cond[torch.from_numpy(det)].to(device),
+        target=torch.from_numpy(features.encode_target(columns, det)).to(device),
+        cond_all=cond.to(device),
+        label=torch.from_numpy(det.astype(np.float32)).to(device),
+    )
+
+
+@torch.no_grad()
+def validation_metrics(
+    m: EmulatorModules, features: EmulatorFeatures, val: dict[str, np.ndarray], seed: int
+) -> dict[str, float]:
+    """Cheap per-epoch fidelity on the validation rows: KS D of each band's
+    ``lupt(obs) - true`` (emulated vs real, detected rows) and the detection model's BCE."""
+    device = next(m.generator.parameters()).device
+    det = val["detected"].astype(bool)
+    cond = torch.from_numpy(features.encode_cond(val)).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(int(det.sum()), m.generator.noise_dim, generator=gen, device=device)
+    fake = m.generator(z, cond[torch.from_numpy(det).to(device)]).cpu().numpy()
+    real = features.encode_target(val, det)
+    out = {}
+    for j, band in enumerate(features.bands):
+        out[f"val_ks_{band}"] = float(ks_2samp(real[:, j], fake[:, j]).statistic)
+    out["val_ks_max"] = max(out[f"val_ks_{b}"] for b in features.bands)
+    logits = m.detection(cond)
+    label = torch.from_numpy(det.astype(np.float32)).to(device)
+    out["val_detection_bce"] = float(
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+    )
+    out["val_detection_rate_diff"] = float(torch.sigmoid(logits).mean() - label.mean())
+    return out
+
+
+def _param_divergence(m: EmulatorModules, device: torch.device) -> float:
+    """Max |θ_rank - θ_0| over all parameters and ranks (0 means every rank holds equal weights)."""
+    flat = torch.cat(
+        [
+            p.detach().reshape(-1)
+            for mod in (m.generator, m.critic, m.detection)
+            for p in mod.parameters()
+        ]
+    ).to(device)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 0.0
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
+
+
+def _save_checkpoint(directory: Path, m: EmulatorModules, features, progress: dict) -> None:
+    torch.save(m.state_dict(), directory / CHECKPOINT_STATE)
+    (directory / CHECKPOINT_FEATURES).write_text(features.to_json())
+    (directory / CHECKPOINT_PROGRESS).write_text(json.dumps(progress))
+
+
+def _maybe_fail(cfg: EmulatorTrainConfig, epoch: int, rank: int, world: int) -> None:
+    """Fault injection: the last rank dies (``os._exit``) once, mid-way through an epoch."""
+    if cfg.debug_fail_at_epoch != epoch or rank != world - 1:
+        return
+    marker = Path(cfg.storage_path) / f".debug-failed-{cfg.tracking.run_name or 'run'}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("died once")
+    time.sleep(3.0)  # let the controller register the previous epoch's checkpoint
+    os._exit(1)
+
+
+class _MlflowEpochLogger:
+    """Rank 0 logs per-epoch metrics into the run the driver opened."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.client = None
+        if tracking_uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log(self, metrics: dict[str, float], epoch: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if np.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train worker function.  ``config``: the job config as a dict, plus the driver's
+    ``_mlflow`` (tracking URI and run id)."""
+    import ray.train
+    import ray.train.torch
+
+    mlflow_info = config.pop("_mlflow", {})
+    cfg = from_dict(EmulatorTrainConfig, config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    bands = list(schema.BANDS)
+
+    columns = materialize(
+        ray.train.get_dataset_shard("train"), _columns_needed(bands, cfg.data.use_size)
+    )
+    features = fit_features(columns, bands, cfg.data.use_size, device)
+    data = to_device_data(columns, features, device)
+    per_group = cfg.optim.critic_steps * cfg.optim.batch_size
+    groups = (
+        int(_all_reduce_np(np.array([data.n_detected // per_group]), device, dist.ReduceOp.MIN)[0])
+        if world > 1
+        else None
+    )
+    val = None
+    if rank == 0:
+        val = materialize(
+            ray.train.get_dataset_shard("val"), _columns_needed(bands, cfg.data.use_size)
+        )
+        val = {k: v[: cfg.data.max_val_rows] for k, v in val.items()}
+
+    m = build_modules(features.n_cond, features.n_target, cfg.net, cfg.optim, device, cfg.seed)
+    start_epoch, history = 1, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            m.load_state_dict(
+                torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=False)
+            )
+            progress = json.loads((Path(d) / CHECKPOINT_PROGRESS).read_text())
+            features = EmulatorFeatures.from_json((Path(d) / CHECKPOINT_FEATURES).read_text())
+        start_epoch, history = progress["epoch"] + 1, progress["history"]
+        data = to_device_data(columns, features, device)
+    del columns
+
+    runner = GroupRunner(m, data, cfg.optim, GradientSync(world), cuda_graph=cfg.cuda_graphs)
+    logger = (
+        _MlflowEpochLogger(mlflow_info.get("tracking_uri"), mlflow_info.get("run_id"))
+        if rank == 0
+        else None
+    )
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        # the data order of an epoch depends on (seed, rank, epoch) only: restarts replay it
+        order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
+        t0 = time.perf_counter()
+        idx_critic, idx_det = epoch_indices(data, cfg.optim, order, groups)
+        for g in range(idx_critic.shape[0]):
+            if g == idx_critic.shape[0] // 2:
+                _maybe_fail(cfg, epoch, rank, world)
+            runner(idx_critic[g], idx_det[g])
+        rows = idx_critic.numel()
+        metrics = m.pop_metrics()
+        seconds = time.perf_counter() - t0
+        metrics.update(epoch=epoch, epoch_seconds=seconds, rows_per_second=rows * world / seconds)
+        if epoch == cfg.epochs:
+            metrics["max_param_divergence"] = _param_divergence(m, device)
+        if rank == 0:
+            metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
+            logger.log(metrics, epoch)
+            history.append(epoch)
+            print(
+                f"[galray] epoch {epoch}/{cfg.epochs}  {metrics['rows_per_second']:,.0f} rows/s  "
+                f"W={metrics['wasserstein']:.3f}  gp={metrics['gradient_penalty']:.3f}  "
+                f"val_ks_max={metrics['val_ks_max']:.3f}  det_bce={metrics['val_detection_bce']:.4f}",
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_checkpoint(Path(tmp), m, features, {"epoch": epoch, "history": history})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)

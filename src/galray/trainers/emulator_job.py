@@ -1,0 +1,202 @@
+"""Driver of an emulator training job: data -> Ray Train -> MLflow model -> fidelity report.
+
+:func:`train_emulator` is what ``galray train emulator`` and ``jobs/train_emulator.py`` call.  It
+opens the MLflow run (params), builds the Ray Data splits, runs :func:`~galray.trainers.emulator.
+train_loop` under a ``TorchTrainer``, turns the last checkpoint into an emulator bundle, logs and
+registers it, and (by default) scores it on held-out test rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from galray.config import to_dict
+from galray.datasets import schema
+from galray.features import EmulatorFeatures
+from galray.inference import Emulator
+from galray.trainers.emulator import (
+    CHECKPOINT_FEATURES,
+    CHECKPOINT_STATE,
+    EmulatorTrainConfig,
+    train_loop,
+)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    registered_uri: str | None
+    checkpoint_path: str
+    metrics: dict
+    report: dict | None
+    report_dir: str | None
+    seconds: float
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
+
+
+def emulator_from_checkpoint(path: str | Path, cfg: EmulatorTrainConfig, info: dict) -> Emulator:
+    """The generator and detection model of a training checkpoint as an :class:`Emulator`."""
+    from galray.models.emulator import ConditionalGenerator, DetectionModel
+
+    path = Path(path)
+    features = EmulatorFeatures.from_json((path / CHECKPOINT_FEATURES).read_text())
+    state = torch.load(path / CHECKPOINT_STATE, map_location="cpu", weights_only=False)
+    generator = ConditionalGenerator(features.n_cond, features.n_target, cfg.net)
+    detection = DetectionModel(features.n_cond, cfg.net)
+    generator.load_state_dict(state["generator"])
+    detection.load_state_dict(state["detection"])
+    return Emulator(generator, detection, features, cfg.net, info)
+
+
+def _columns(cfg: EmulatorTrainConfig) -> list[str]:
+    cols = [schema.true_mag(b) for b in schema.BANDS]
+    if cfg.data.use_size:
+        cols.append("true_size")
+    return cols + [schema.obs_flux(b) for b in schema.BANDS] + ["detected"]
+
+
+def _simulate_if_missing(cfg: EmulatorTrainConfig, log) -> None:
+    """``data.simulate``: write the synthetic survey first if ``data.survey`` does not exist yet."""
+    if cfg.data.simulate is None or cfg.data.survey is None or Path(cfg.data.survey).exists():
+        return
+    from galray.config import from_dict
+    from galray.datasets.simulate import SurveyConfig, simulate_survey
+
+    log(f"{cfg.data.survey} does not exist: simulating it (data.simulate)")
+    simulate_survey(cfg.data.survey, from_dict(SurveyConfig, dict(cfg.data.simulate)), log=log)
+
+
+def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
+    import mlflow
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from galray import tracking
+    from galray.datasets.reader import TrainingCatalog
+
+    t0 = time.perf_counter()
+    _simulate_if_missing(cfg, log)
+    uri = tracking.configure_tracking()
+    experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment)
+    catalog = TrainingCatalog(
+        cfg.data.catalog,
+        cfg.data.maps,
+        fractions=cfg.data.fractions,
+        salt=cfg.data.salt,
+        max_outside_fraction=cfg.data.max_outside_fraction,
+    )
+    init_ray()
+    # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    storage = str(Path(cfg.storage_path).resolve())
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
+        run_id = run.info.run_id
+        tracking.log_params_flat(to_dict(cfg))
+        mlflow.log_params(
+            {
+                "data.n_rows": catalog.footprint.n_rows,
+                "data.n_outside_footprint": catalog.footprint.n_outside,
+            }
+        )
+        log(f"MLflow run {run_id} ({uri})")
+        loop_config = to_dict(cfg) | {"_mlflow": {"tracking_uri": uri, "run_id": run_id}}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.scaling.num_workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=cfg.tracking.run_name or f"emulator-{run_id[:8]}",
+                storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+            datasets={
+                "train": catalog.dataset("train", _columns(cfg)),
+                "val": catalog.dataset("val", _columns(cfg)),
+            },
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint ({result.error})")
+        metrics = dict(result.metrics or {})
+        info = {"run_id": run_id, "epochs": cfg.epochs, "data": cfg.data.catalog}
+        with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
+            emulator = emulator_from_checkpoint(ckpt, cfg, info)
+            bundle = emulator.save(Path(tmp) / "emulator")
+            ref = tracking.log_emulator(
+                bundle,
+                registered_name=cfg.tracking.registered_name or None,
+                alias=cfg.tracking.alias or None,
+                run_id=run_id,
+            )
+        report = report_dir = None
+        if cfg.evaluate:
+            report_dir = str(
+                Path(storage) / (cfg.tracking.run_name or f"emulator-{run_id[:8]}") / "report"
+            )
+            report = evaluate_on_split(emulator, catalog, report_dir, cfg.eval_rows, seed=cfg.seed)
+            from galray.evaluation.emulator import log_report_to_mlflow
+
+            log_report_to_mlflow(report, report_dir)
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("job_seconds", seconds)
+    return TrainResult(
+        run_id=run_id,
+        model_uri=ref.model_uri,
+        registered_uri=ref.uri if ref.registered_name else None,
+        checkpoint_path=result.checkpoint.path,
+        metrics=metrics,
+        report=report,
+        report_dir=report_dir,
+        seconds=seconds,
+    )
+
+
+def evaluate_on_split(
+    emulator: Emulator,
+    catalog,
+    out_dir: str | Path,
+    max_rows: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+) -> dict:
+    """Emulate held-out rows of ``catalog`` and score them against the simulated measurements."""
+    from galray.evaluation.emulator import fidelity_report
+
+    cols = [schema.true_mag(b) for b in emulator.bands] + ["true_size"]
+    cols += [schema.obs_mag(b) for b in emulator.bands] + [
+        schema.obs_flux(b) for b in emulator.bands
+    ]
+    cols += ["detected"]
+    reference = catalog.dataset(split, cols).limit(max_rows).to_pandas()
+    emulated = reference.copy()
+    sample = emulator.sample(reference, seed=seed)
+    for name, values in sample.items():
+        if name in emulated.columns:
+            emulated[name] = values
+    report = fidelity_report(
+        reference, emulated, Path(out_dir), bands=tuple(emulator.bands), seed=seed
+    )
+    (Path(out_dir) / "emulator.json").write_text(json.dumps(emulator.info, indent=2))
+    return report
