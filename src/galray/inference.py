@@ -14,6 +14,7 @@ to it (:func:`load_emulator`).
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -125,7 +126,14 @@ class Emulator:
             detection = DetectionModel(features.n_cond, net)
             generator.load_state_dict(_load_state(path / "generator.pt"))
             detection.load_state_dict(_load_state(path / "detection.pt"))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            RuntimeError,
+            pickle.UnpicklingError,
+        ) as exc:
             raise ModelNotFoundError(f"{path}: damaged emulator bundle ({exc})") from exc
         return cls(generator, detection, features, net, meta.get("info")).to(device)
 
