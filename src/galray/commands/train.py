@@ -39,6 +39,7 @@ def _emulator(args: argparse.Namespace) -> int:
     print(f"training finished in {result.seconds:.0f} s")
     print(f"  MLflow run:     {result.run_id}")
     print(f"  model:          {result.model_uri}")
+    print(f"  bundle:         {result.bundle_path}")
     if result.registered_uri:
         print(f"  registered as:  {result.registered_uri}")
     print(f"  checkpoint:     {result.checkpoint_path}")
@@ -49,7 +50,8 @@ def _emulator(args: argparse.Namespace) -> int:
             f"ks_max={r['ks_max']:.3f}  detection_max_abs_diff={r['detection_max_abs_diff']:.3f}"
         )
         print(f"  report:         {result.report_dir}")
-    from galray.tracking import tracking_uri
+    if cfg.tracking.enabled:
+        from galray.tracking import tracking_uri
 
-    print(f"  browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")
+        print(f"  browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")
     return 0

@@ -109,8 +109,10 @@ class ScalingConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow: experiment name, registered model name and alias (empty: don't register)."""
+    """MLflow: experiment name, registered model name and alias (empty: don't register).
+    enabled: false skips MLflow entirely (the bundle is still saved under storage_path)."""
 
+    enabled: bool = True
     experiment: str = "galray-emulator"
     run_name: str | None = None
     registered_name: str = "galray-emulator"
@@ -124,7 +126,9 @@ class EmulatorTrainConfig:
     epochs: passes of the critic over the detected training rows.  seed: initialisation and data
     order.  storage_path: where Ray Train keeps checkpoints.  max_failures: worker-group restarts
     allowed.  cuda_graphs: capture the training step as a CUDA graph on GPUs.  evaluate: write a
-    fidelity report on the test split at the end.
+    fidelity report on the test split at the end.  report_every: epochs between reports
+    (metrics, validation, checkpoint); raise it when epochs take well under a second.
+    time_budget_s: stop after the epoch in which this much training time has been spent.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(survey="survey"))
@@ -139,12 +143,20 @@ class EmulatorTrainConfig:
     cuda_graphs: bool = True
     evaluate: bool = True
     eval_rows: int = 50_000
+    report_every: int = 1
+    time_budget_s: float | None = None
     debug_fail_at_epoch: int | None = None  # fault injection for tests: kill a worker once
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         require(self.eval_rows >= 1000, "eval_rows", f"must be >= 1000, got {self.eval_rows}")
+        require(self.report_every >= 1, "report_every", f"must be >= 1, got {self.report_every}")
+        require(
+            self.time_budget_s is None or self.time_budget_s > 0,
+            "time_budget_s",
+            f"must be positive, got {self.time_budget_s}",
+        )
 
 
 # --------------------------------------------------------------------------- worker helpers
@@ -312,7 +324,7 @@ def train_loop(config: dict) -> None:
         val = {k: v[: cfg.data.max_val_rows] for k, v in val.items()}
 
     m = build_modules(features.n_cond, features.n_target, cfg.net, cfg.optim, device, cfg.seed)
-    start_epoch, history = 1, []
+    start_epoch, history, progress = 1, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -331,6 +343,7 @@ def train_loop(config: dict) -> None:
         if rank == 0
         else None
     )
+    train_seconds = progress.get("train_seconds", 0.0) if checkpoint is not None else 0.0
     for epoch in range(start_epoch, cfg.epochs + 1):
         # the data order of an epoch depends on (seed, rank, epoch) only: restarts replay it
         order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
@@ -341,11 +354,25 @@ def train_loop(config: dict) -> None:
             if g == idx_critic.shape[0] // 2:
                 _maybe_fail(cfg, epoch, rank, world)
             runner(idx_critic[g], idx_det[g])
-        rows = idx_critic.numel()
-        metrics = m.pop_metrics()
+        metrics = m.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
-        metrics.update(epoch=epoch, epoch_seconds=seconds, rows_per_second=rows * world / seconds)
-        if epoch == cfg.epochs:
+        train_seconds += seconds
+        out_of_time = cfg.time_budget_s is not None and train_seconds >= cfg.time_budget_s
+        if world > 1:  # every rank must stop after the same epoch
+            out_of_time = bool(
+                _all_reduce_np(np.array([float(out_of_time)]), device, dist.ReduceOp.MAX)[0]
+            )
+        last = epoch == cfg.epochs or out_of_time
+        if not (last or epoch % cfg.report_every == 0):
+            continue
+        rows = idx_critic.numel() * world
+        metrics.update(
+            epoch=epoch,
+            epoch_seconds=seconds,
+            rows_per_second=rows / seconds,
+            train_seconds=train_seconds,
+        )
+        if last:
             metrics["max_param_divergence"] = _param_divergence(m, device)
         if rank == 0:
             metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
@@ -357,8 +384,11 @@ def train_loop(config: dict) -> None:
                 f"val_ks_max={metrics['val_ks_max']:.3f}  det_bce={metrics['val_detection_bce']:.4f}",
                 flush=True,
             )
+            progress = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
             with tempfile.TemporaryDirectory() as tmp:
-                _save_checkpoint(Path(tmp), m, features, {"epoch": epoch, "history": history})
+                _save_checkpoint(Path(tmp), m, features, progress)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+        if out_of_time:
+            break

@@ -9,7 +9,6 @@ registers it, and (by default) scores it on held-out test rows.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ class TrainResult:
     run_id: str
     model_uri: str
     registered_uri: str | None
+    bundle_path: str
     checkpoint_path: str
     metrics: dict
     report: dict | None
@@ -80,19 +80,44 @@ def _simulate_if_missing(cfg: EmulatorTrainConfig, log) -> None:
     simulate_survey(cfg.data.survey, from_dict(SurveyConfig, dict(cfg.data.simulate)), log=log)
 
 
-def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
-    import mlflow
-    import ray.data
+def _trainer(cfg: EmulatorTrainConfig, catalog, storage: str, name: str, mlflow_info: dict):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from galray import tracking
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=to_dict(cfg) | {"_mlflow": mlflow_info},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            "train": catalog.dataset("train", _columns(cfg)),
+            "val": catalog.dataset("val", _columns(cfg)),
+        },
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
+    """Train, save the emulator bundle under ``storage_path/<run name>/emulator``, log and
+    register it in MLflow (unless ``tracking.enabled`` is false), and score it on the test split."""
+    import contextlib
+    import uuid
+
+    import ray.data
+
     from galray.datasets.reader import TrainingCatalog
 
     t0 = time.perf_counter()
     _simulate_if_missing(cfg, log)
-    uri = tracking.configure_tracking()
-    experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment)
     catalog = TrainingCatalog(
         cfg.data.catalog,
         cfg.data.maps,
@@ -104,68 +129,62 @@ def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage = str(Path(cfg.storage_path).resolve())
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
-        run_id = run.info.run_id
-        tracking.log_params_flat(to_dict(cfg))
-        mlflow.log_params(
-            {
-                "data.n_rows": catalog.footprint.n_rows,
-                "data.n_outside_footprint": catalog.footprint.n_outside,
-            }
-        )
-        log(f"MLflow run {run_id} ({uri})")
-        loop_config = to_dict(cfg) | {"_mlflow": {"tracking_uri": uri, "run_id": run_id}}
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.scaling.num_workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-            ),
-            run_config=ray.train.RunConfig(
-                name=cfg.tracking.run_name or f"emulator-{run_id[:8]}",
-                storage_path=storage,
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            ),
-            datasets={
-                "train": catalog.dataset("train", _columns(cfg)),
-                "val": catalog.dataset("val", _columns(cfg)),
-            },
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        )
-        result = trainer.fit()
+
+    run_ctx, mlflow_info = contextlib.nullcontext(None), {}
+    if cfg.tracking.enabled:  # MLflow is imported only when used
+        import mlflow
+
+        from galray import tracking
+
+        uri = tracking.configure_tracking()
+        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment)
+        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else uuid.uuid4().hex
+        name = cfg.tracking.run_name or f"emulator-{run_id[:8]}"
+        if run is not None:
+            mlflow_info = {"tracking_uri": uri, "run_id": run_id}
+            tracking.log_params_flat(to_dict(cfg))
+            footprint = catalog.footprint
+            mlflow.log_params(
+                {"data.n_rows": footprint.n_rows, "data.n_outside_footprint": footprint.n_outside}
+            )
+            log(f"MLflow run {run_id} ({uri})")
+        result = _trainer(cfg, catalog, storage, name, mlflow_info).fit()
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint ({result.error})")
-        metrics = dict(result.metrics or {})
         info = {"run_id": run_id, "epochs": cfg.epochs, "data": cfg.data.catalog}
-        with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
+        with result.checkpoint.as_directory() as ckpt:
             emulator = emulator_from_checkpoint(ckpt, cfg, info)
-            bundle = emulator.save(Path(tmp) / "emulator")
+        bundle = emulator.save(Path(storage) / name / "emulator", overwrite=True)
+        model_uri, registered_uri = str(bundle), None
+        if run is not None:
             ref = tracking.log_emulator(
                 bundle,
                 registered_name=cfg.tracking.registered_name or None,
                 alias=cfg.tracking.alias or None,
                 run_id=run_id,
             )
+            model_uri = ref.model_uri
+            registered_uri = ref.uri if ref.registered_name else None
         report = report_dir = None
         if cfg.evaluate:
-            report_dir = str(
-                Path(storage) / (cfg.tracking.run_name or f"emulator-{run_id[:8]}") / "report"
-            )
+            report_dir = str(Path(storage) / name / "report")
             report = evaluate_on_split(emulator, catalog, report_dir, cfg.eval_rows, seed=cfg.seed)
-            from galray.evaluation.emulator import log_report_to_mlflow
+            if run is not None:
+                from galray.evaluation.emulator import log_report_to_mlflow
 
-            log_report_to_mlflow(report, report_dir)
+                log_report_to_mlflow(report, report_dir)
         seconds = time.perf_counter() - t0
-        mlflow.log_metric("job_seconds", seconds)
+        if run is not None:
+            mlflow.log_metric("job_seconds", seconds)
     return TrainResult(
         run_id=run_id,
-        model_uri=ref.model_uri,
-        registered_uri=ref.uri if ref.registered_name else None,
+        model_uri=model_uri,
+        registered_uri=registered_uri,
+        bundle_path=str(bundle),
         checkpoint_path=result.checkpoint.path,
-        metrics=metrics,
+        metrics=dict(result.metrics or {}),
         report=report,
         report_dir=report_dir,
         seconds=seconds,
