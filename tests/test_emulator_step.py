@@ -232,3 +232,31 @@ def test_emulator_load_errors(tmp_path):
     (path / "generator.pt").write_bytes(b"not a state dict")
     with pytest.raises(ModelNotFoundError, match="damaged"):
         Emulator.load(path)
+
+
+def test_lr_warmdown_schedule():
+    from galray.trainers.emulator_step import lr_scale
+
+    assert lr_scale(0.0, 0.3) == 1.0
+    assert lr_scale(0.7, 0.3) == 1.0
+    assert lr_scale(0.85, 0.3) == pytest.approx(0.5)
+    assert lr_scale(1.0, 0.3) == 0.0
+    assert lr_scale(0.99, 0.0) == 1.0
+    m = _modules(OptimConfig())
+    m.set_lr_scale(0.25)
+    assert m.opt_critic.param_groups[0]["lr"] == pytest.approx(0.25 * OptimConfig().lr_critic)
+
+
+def test_ema_generator_trails_the_trained_one():
+    opt = OptimConfig(batch_size=64, ema_decay=0.9)
+    m = _modules(opt)
+    start = [p.detach().clone() for p in m.ema_generator.parameters()]
+    data = _toy(2000)
+    run_epoch(
+        GroupRunner(m, data, opt, GradientSync(1)), data, opt, torch.Generator().manual_seed(0)
+    )
+    for e, g, s0 in zip(m.ema_generator.parameters(), m.generator.parameters(), start):
+        assert not torch.equal(e, s0)  # it moved ...
+        assert not torch.equal(e, g)  # ... but is not the trained weights
+    assert m.exported_generator is m.ema_generator
+    assert _modules(OptimConfig(ema_decay=0.0)).exported_generator is not None

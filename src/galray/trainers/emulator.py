@@ -35,6 +35,7 @@ from galray.trainers.emulator_step import (
     OptimConfig,
     build_modules,
     epoch_indices,
+    lr_scale,
 )
 
 CHECKPOINT_STATE = "state.pt"
@@ -217,7 +218,7 @@ def validation_metrics(
     cond = torch.from_numpy(features.encode_cond(val)).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     z = torch.randn(int(det.sum()), m.generator.noise_dim, generator=gen, device=device)
-    fake = m.generator(z, cond[torch.from_numpy(det).to(device)]).cpu().numpy()
+    fake = m.exported_generator(z, cond[torch.from_numpy(det).to(device)]).cpu().numpy()
     real = features.encode_target(val, det)
     out = {}
     for j, band in enumerate(features.bands):
@@ -349,6 +350,10 @@ def train_loop(config: dict) -> None:
         order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
         t0 = time.perf_counter()
+        progress_fraction = (epoch - 1) / cfg.epochs
+        if cfg.time_budget_s is not None:
+            progress_fraction = max(progress_fraction, train_seconds / cfg.time_budget_s)
+        m.set_lr_scale(lr_scale(progress_fraction, cfg.optim.warmdown))
         idx_critic, idx_det = epoch_indices(data, cfg.optim, order, groups)
         for g in range(idx_critic.shape[0]):
             if g == idx_critic.shape[0] // 2:
@@ -357,11 +362,12 @@ def train_loop(config: dict) -> None:
         metrics = m.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        out_of_time = cfg.time_budget_s is not None and train_seconds >= cfg.time_budget_s
-        if world > 1:  # every rank must stop after the same epoch
-            out_of_time = bool(
-                _all_reduce_np(np.array([float(out_of_time)]), device, dist.ReduceOp.MAX)[0]
+        if world > 1 and cfg.time_budget_s is not None:
+            # one clock for all ranks: same learning rate, and all stop after the same epoch
+            train_seconds = float(
+                _all_reduce_np(np.array([train_seconds]), device, dist.ReduceOp.MAX)[0]
             )
+        out_of_time = cfg.time_budget_s is not None and train_seconds >= cfg.time_budget_s
         last = epoch == cfg.epochs or out_of_time
         if not (last or epoch % cfg.report_every == 0):
             continue

@@ -57,7 +57,7 @@ def emulator_from_checkpoint(path: str | Path, cfg: EmulatorTrainConfig, info: d
     state = torch.load(path / CHECKPOINT_STATE, map_location="cpu", weights_only=False)
     generator = ConditionalGenerator(features.n_cond, features.n_target, cfg.net)
     detection = DetectionModel(features.n_cond, cfg.net)
-    generator.load_state_dict(state["generator"])
+    generator.load_state_dict(state["ema_generator" if cfg.optim.ema_decay > 0 else "generator"])
     detection.load_state_dict(state["detection"])
     return Emulator(generator, detection, features, cfg.net, info)
 

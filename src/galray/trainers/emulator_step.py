@@ -15,6 +15,7 @@ backward breaks that, and because an explicit collective can be captured in the 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,10 @@ class OptimConfig:
 
     batch_size: rows per critic (and generator) batch, per worker.
     detection_batch_size: rows per detection-model batch (all rows, detected or not).
+    ema_decay: the exported generator is an exponential moving average of the trained one
+    (0 disables it); averaging damps the GAN's oscillation around the equilibrium.
+    warmdown: fraction of training at the end over which every learning rate decays linearly
+    to zero (of ``epochs`` or of ``time_budget_s``, whichever runs out first).
     """
 
     batch_size: int = 512
@@ -52,6 +57,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.0, 0.9)
     lr_detection: float = 1e-3
     detection_batch_size: int = 2048
+    ema_decay: float = 0.999
+    warmdown: float = 0.3
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
@@ -68,6 +75,8 @@ class OptimConfig:
         )
         self.betas = (float(betas[0]), float(betas[1]))
         require(self.detection_batch_size >= 2, "detection_batch_size", "must be >= 2")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(0 <= self.warmdown <= 1, "warmdown", f"must be in [0, 1], got {self.warmdown}")
 
 
 @dataclass
@@ -100,11 +109,43 @@ class EmulatorModules:
     opt_generator: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
     opt_detection: torch.optim.Optimizer
+    ema_decay: float = 0.0
     sums: torch.Tensor = field(init=False)  # running sums of METRIC_NAMES, plus a group count
+    ema_generator: ConditionalGenerator = field(init=False)
 
     def __post_init__(self) -> None:
         device = next(self.generator.parameters()).device
         self.sums = torch.zeros(len(METRIC_NAMES) + 1, device=device)
+        self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
+        self.base_lr = [
+            [float(g["lr"]) for g in o.param_groups]
+            for o in (self.opt_generator, self.opt_critic, self.opt_detection)
+        ]
+
+    @property
+    def exported_generator(self) -> ConditionalGenerator:
+        """What validation and the saved model use: the EMA generator if enabled."""
+        return self.ema_generator if self.ema_decay > 0 else self.generator
+
+    def update_ema(self) -> None:
+        if self.ema_decay > 0:
+            torch._foreach_lerp_(
+                list(self.ema_generator.parameters()),
+                list(self.generator.parameters()),
+                1.0 - self.ema_decay,
+            )
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply every optimiser's base learning rate by ``scale`` (in place, so a captured
+        CUDA graph, which reads a tensor learning rate, sees it)."""
+        for opt, bases in zip(
+            (self.opt_generator, self.opt_critic, self.opt_detection), self.base_lr
+        ):
+            for group, base in zip(opt.param_groups, bases):
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(base * scale)
+                else:
+                    group["lr"] = base * scale
 
     def state_dict(self) -> dict:
         return {
@@ -114,6 +155,7 @@ class EmulatorModules:
             "opt_generator": self.opt_generator.state_dict(),
             "opt_critic": self.opt_critic.state_dict(),
             "opt_detection": self.opt_detection.state_dict(),
+            "ema_generator": self.ema_generator.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -123,6 +165,7 @@ class EmulatorModules:
         self.opt_generator.load_state_dict(state["opt_generator"])
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.opt_detection.load_state_dict(state["opt_detection"])
+        self.ema_generator.load_state_dict(state["ema_generator"])
 
     def pop_metrics(self) -> dict[str, float]:
         """Mean of each metric since the last call (one host sync)."""
@@ -144,6 +187,8 @@ def build_modules(
     capturable = device.type == "cuda"
 
     def adam(params, lr, betas):
+        # a tensor learning rate can change between replays of a captured graph
+        lr = torch.tensor(lr, device=device) if capturable else lr
         return torch.optim.Adam(params, lr=lr, betas=betas, capturable=capturable, foreach=True)
 
     return EmulatorModules(
@@ -153,6 +198,7 @@ def build_modules(
         adam(generator.parameters(), opt.lr_generator, opt.betas),
         adam(critic.parameters(), opt.lr_critic, opt.betas),
         adam(detection.parameters(), opt.lr_detection, (0.9, 0.999)),
+        ema_decay=opt.ema_decay,
     )
 
 
@@ -210,6 +256,7 @@ def train_group(
     g_loss.backward()
     sync(gen)
     m.opt_generator.step()
+    m.update_ema()
 
     logits = m.detection(data.cond_all[idx_det])
     bce = F.binary_cross_entropy_with_logits(logits, data.label[idx_det])
@@ -289,6 +336,14 @@ def epoch_indices(
         data.n_rows, (groups, opt.detection_batch_size), generator=generator, device="cpu"
     ).to(device)
     return idx_critic, idx_det
+
+
+def lr_scale(progress: float, warmdown: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of training: 1, then a linear decay to
+    0 over the last ``warmdown`` fraction."""
+    if warmdown <= 0 or progress <= 1.0 - warmdown:
+        return 1.0
+    return max(0.0, (1.0 - progress) / warmdown)
 
 
 def run_epoch(
