@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "galray.commands.simulate",
     "galray.commands.ingest",
     "galray.commands.train",
+    "galray.commands.evaluate",
 )
 
 

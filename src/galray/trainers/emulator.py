@@ -116,8 +116,8 @@ class TrackingConfig:
     enabled: bool = True
     experiment: str = "galray-emulator"
     run_name: str | None = None
-    registered_name: str = "galray-emulator"
-    alias: str = "champion"
+    registered_name: str | None = "galray-emulator"
+    alias: str | None = "champion"
 
 
 @dataclass

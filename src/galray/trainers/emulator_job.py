@@ -162,7 +162,7 @@ def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
             ref = tracking.log_emulator(
                 bundle,
                 registered_name=cfg.tracking.registered_name or None,
-                alias=cfg.tracking.alias or None,
+                alias=(cfg.tracking.alias or None) if cfg.tracking.registered_name else None,
                 run_id=run_id,
             )
             model_uri = ref.model_uri
