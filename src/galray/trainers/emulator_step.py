@@ -117,6 +117,7 @@ class EmulatorModules:
         device = next(self.generator.parameters()).device
         self.sums = torch.zeros(len(METRIC_NAMES) + 1, device=device)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
+        self.ema_count = torch.zeros((), device=device)
         self.base_lr = [
             [float(g["lr"]) for g in o.param_groups]
             for o in (self.opt_generator, self.opt_critic, self.opt_detection)
@@ -128,12 +129,16 @@ class EmulatorModules:
         return self.ema_generator if self.ema_decay > 0 else self.generator
 
     def update_ema(self) -> None:
-        if self.ema_decay > 0:
-            torch._foreach_lerp_(
-                list(self.ema_generator.parameters()),
-                list(self.generator.parameters()),
-                1.0 - self.ema_decay,
-            )
+        """``ema += w (θ - ema)`` with ``w = 1 - min(decay, (1 + n) / (10 + n))`` after ``n``
+        updates, so short runs are not dominated by the initial weights.  Device tensors only:
+        capturable in a CUDA graph."""
+        if self.ema_decay <= 0:
+            return
+        self.ema_count += 1
+        w = 1.0 - torch.clamp((1.0 + self.ema_count) / (10.0 + self.ema_count), max=self.ema_decay)
+        ema = list(self.ema_generator.parameters())
+        torch._foreach_mul_(ema, 1.0 - w)
+        torch._foreach_add_(ema, torch._foreach_mul(list(self.generator.parameters()), w))
 
     def set_lr_scale(self, scale: float) -> None:
         """Multiply every optimiser's base learning rate by ``scale`` (in place, so a captured
@@ -156,6 +161,7 @@ class EmulatorModules:
             "opt_critic": self.opt_critic.state_dict(),
             "opt_detection": self.opt_detection.state_dict(),
             "ema_generator": self.ema_generator.state_dict(),
+            "ema_count": self.ema_count,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -166,6 +172,7 @@ class EmulatorModules:
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.opt_detection.load_state_dict(state["opt_detection"])
         self.ema_generator.load_state_dict(state["ema_generator"])
+        self.ema_count.copy_(state["ema_count"])
 
     def pop_metrics(self) -> dict[str, float]:
         """Mean of each metric since the last call (one host sync)."""
