@@ -346,6 +346,7 @@ def _injection_shard(
     for b in BANDS:
         cols[schema.obs_mag(b)] = schema.flux_to_mag(cols[schema.obs_flux(b)]).astype(np.float32)
     cols["detected"] = result.detected
+    cols["p_detect"] = result.p_detect.astype(np.float32)
     meta = schema.healpix_metadata(cfg.nside, cfg.ordering, kind="injections")
     arrays = [pa.array(cols[name], type=typ) for name, typ in schema.INJECTION_FIELDS.items()]
     return pa.Table.from_arrays(

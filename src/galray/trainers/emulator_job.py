@@ -207,13 +207,11 @@ def evaluate_on_split(
     cols += [schema.obs_mag(b) for b in emulator.bands] + [
         schema.obs_flux(b) for b in emulator.bands
     ]
-    cols += ["detected"]
+    cols += ["detected"] + (["p_detect"] if "p_detect" in catalog.columns else [])
     reference = catalog.dataset(split, cols).limit(max_rows).to_pandas()
-    emulated = reference.copy()
-    sample = emulator.sample(reference, seed=seed)
-    for name, values in sample.items():
-        if name in emulated.columns:
-            emulated[name] = values
+    emulated = reference.drop(columns=["p_detect"], errors="ignore")
+    for name, values in emulator.sample(reference, seed=seed).items():
+        emulated[name] = values
     report = fidelity_report(
         reference, emulated, Path(out_dir), bands=tuple(emulator.bands), seed=seed
     )

@@ -1,0 +1,1 @@
+"""Evaluation of models against known truth."""
