@@ -9,12 +9,15 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 import galray
 from galray.config import load_config
+from galray.datasets.reader import TrainingCatalog
 from galray.datasets.simulate import SurveyConfig, simulate_survey
 from galray.errors import ConfigError, ModelNotFoundError
+from galray.evaluation.emulator import fidelity_report
 from galray.trainers.emulator import EmulatorTrainConfig
 from galray.trainers.emulator_job import train_emulator
 
@@ -65,9 +68,6 @@ def trained(survey, tmp_path_factory, ray_session):
 
 def test_smoke_training_learns_the_transfer_function(trained, survey):
     """Passes the smoke bar, and beats an emulator that ignores truth and conditions."""
-    import pandas as pd
-    from galray.evaluation.emulator import fidelity_report
-
     result, tmp = trained
     report = result.report
     assert report["n_rows"] >= 5000
@@ -76,8 +76,6 @@ def test_smoke_training_learns_the_transfer_function(trained, survey):
 
     # the baseline: each row's measurement drawn from another detected row's (obs - true),
     # and detection drawn at the overall rate: conditions and truth ignored
-    from galray.datasets.reader import TrainingCatalog
-
     catalog = TrainingCatalog(survey / "injections", survey / "maps")
     cols = (
         [f"true_mag_{b}" for b in "riz"]

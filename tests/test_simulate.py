@@ -38,7 +38,9 @@ def test_layout_schema_and_metadata(survey):
     files = sorted((out / "injections").glob("part-*.parquet"))
     assert len(files) == 3
     sch = pq.read_schema(files[0])
-    assert {n: sch.field(n).type for n in sch.names} == schema.INJECTION_FIELDS
+    assert {
+        n: sch.field(n).type for n in sch.names
+    } == schema.INJECTION_FIELDS | schema.SYNTHETIC_FIELDS
     assert schema.read_healpix_metadata(sch, str(files[0])) == (64, "RING")
     cond = pq.read_table(out / "maps" / "conditions.parquet")
     assert cond.column_names == ["pixel", *schema.condition_columns()]

@@ -21,7 +21,10 @@ Injection catalog (Balrog style), one row per injection::
     obs_flux_b  float32  measured flux (ZP 30); NaN when not detected
     obs_mag_b   float32  measured AB magnitude; NaN when not detected or flux <= 0
     detected    bool
-    p_detect    float32  synthetic surveys only: the probability the detection was drawn with
+
+and, in synthetic surveys only (:data:`SYNTHETIC_FIELDS`)::
+
+    p_detect    float32  the probability the detection was drawn with
 
 Condition-map table, one row per footprint pixel (sorted by ``pixel``)::
 
@@ -96,8 +99,10 @@ INJECTION_FIELDS: dict[str, pa.DataType] = {
     **{obs_flux(b): pa.float32() for b in BANDS},
     **{obs_mag(b): pa.float32() for b in BANDS},
     "detected": pa.bool_(),
-    "p_detect": pa.float32(),
 }
+
+# Columns only a synthetic survey can have (truth a real injection pipeline does not record).
+SYNTHETIC_FIELDS: dict[str, pa.DataType] = {"p_detect": pa.float32()}
 
 DEEP_FIELDS: dict[str, pa.DataType] = {
     "id": pa.int64(),

@@ -348,10 +348,9 @@ def _injection_shard(
     cols["detected"] = result.detected
     cols["p_detect"] = result.p_detect.astype(np.float32)
     meta = schema.healpix_metadata(cfg.nside, cfg.ordering, kind="injections")
-    arrays = [pa.array(cols[name], type=typ) for name, typ in schema.INJECTION_FIELDS.items()]
-    return pa.Table.from_arrays(
-        arrays, schema=pa.schema(schema.INJECTION_FIELDS.items(), metadata=meta)
-    )
+    fields = schema.INJECTION_FIELDS | schema.SYNTHETIC_FIELDS
+    arrays = [pa.array(cols[name], type=typ) for name, typ in fields.items()]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields.items(), metadata=meta))
 
 
 def _write_fits_maps(
