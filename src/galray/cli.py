@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "galray.commands.ingest",
     "galray.commands.train",
     "galray.commands.evaluate",
+    "galray.commands.emulate",
 )
 
 

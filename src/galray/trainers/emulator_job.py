@@ -153,7 +153,8 @@ def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
         result = _trainer(cfg, catalog, storage, name, mlflow_info).fit()
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint ({result.error})")
-        info = {"run_id": run_id, "data": cfg.data.catalog, "config": to_dict(cfg)}
+        maps = {"nside": catalog.conditions.nside, "ordering": catalog.conditions.ordering}
+        info = {"run_id": run_id, "data": cfg.data.catalog, "maps": maps, "config": to_dict(cfg)}
         with result.checkpoint.as_directory() as ckpt:
             emulator = emulator_from_checkpoint(ckpt, cfg, info)
         bundle = emulator.save(Path(storage) / name / "emulator", overwrite=True)
