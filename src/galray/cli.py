@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "galray.commands.train",
     "galray.commands.evaluate",
     "galray.commands.emulate",
+    "galray.commands.quickstart",
 )
 
 

@@ -71,7 +71,8 @@ def _dmag_stats(frame: pd.DataFrame, band: str, by: str, bins: np.ndarray) -> pd
     key = pd.cut(det[by], bins)
     grouped = dmag.groupby(key, observed=False)
     median = grouped.median()
-    mad = (dmag - key.map(median).astype(float)).abs().groupby(key, observed=False).median()
+    deviation = (dmag - grouped.transform("median")).abs()
+    mad = deviation.groupby(key, observed=False).median()
     return pd.DataFrame(
         {
             "count": grouped.count(),
@@ -301,6 +302,29 @@ def _plots(ref, emu, bands, by_mag, det, out: Path) -> list[str]:
     ax.set_ylabel("detection fraction (solid: reference, dashed: emulated)")
     ax.legend(fontsize=7)
     save(fig, "detection_vs_true_mag.png")
+
+    # detection fraction vs depth, in slices of true magnitude around the threshold
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    band = "i" if "i" in bands else bands[0]
+    edges = np.quantile(ref[f"depth_{band}"], np.linspace(0, 1, 9))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for k, (lo, hi) in enumerate(((22.5, 23.5), (23.5, 24.0), (24.0, 24.5), (24.5, 25.5))):
+        sel = (ref[f"true_mag_{band}"] >= lo) & (ref[f"true_mag_{band}"] < hi)
+        key = pd.cut(ref.loc[sel, f"depth_{band}"], edges, include_lowest=True)
+        color = plt.cm.plasma(k / 4)
+        for frame, style in ((ref, "-"), (emu, "--")):
+            frac = frame.loc[sel, "detected"].astype(float).groupby(key, observed=False).mean()
+            ax.plot(
+                centres,
+                frac.to_numpy(),
+                style,
+                color=color,
+                label=f"{lo}-{hi}" if style == "-" else None,
+            )
+    ax.set_xlabel(f"depth_{band} (10-sigma AB)")
+    ax.set_ylabel("detection fraction (solid: reference, dashed: emulated)")
+    ax.legend(title=f"true {band}", fontsize=7)
+    save(fig, "detection_vs_depth.png")
 
     # observed magnitude histograms
     fig, axes = plt.subplots(1, len(bands), figsize=(4 * len(bands), 3.5), squeeze=False)

@@ -1,0 +1,23 @@
+"""``galray quickstart [--out DIR]``: simulate, train, emulate and evaluate in a few minutes."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub, groups) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="simulate a small survey, train the emulator, emulate and evaluate (~3 min on CPU)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="galray-quickstart", help="where everything is written")
+    p.add_argument("--epochs", type=int, default=16, help="training epochs")
+    p.set_defaults(handler=_quickstart)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from galray.quickstart import quickstart
+
+    quickstart(args.out, epochs=args.epochs)
+    return 0
