@@ -8,9 +8,12 @@ So the output is identical whatever the number of workers or the order shards ru
 with ``resume`` does exactly the missing shards, and a killed run never leaves a half file.
 
 The pipeline is Ray Data: a dataset of pending shard specs -> ``map_batches`` on an actor pool
-(one actor per GPU when GPUs exist, else CPU actors) whose actors load the model once and hold
+(GPU actors when GPUs exist, else CPU actors) whose actors load the model once and hold
 the deep catalog and the condition map (shared through the object store) -> one summary row per
 shard, streamed back to the driver for the progress bar.
+
+With GPUs the pool holds up to 4 actors per GPU, each with a fraction of it, so the shard's CPU
+work overlaps the model on the GPU; without, one actor per CPU.
 
 Positions: uniform on the sphere inside the footprint -- a footprint pixel drawn uniformly
 (HEALPix pixels have equal area), then a uniformly drawn NESTED sub-pixel ``2^10`` times finer,
@@ -227,7 +230,15 @@ class ShardWriter:
         self.seed, self.out = seed, Path(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summary: dict[str, list] = {"name": [], "rows": [], "detected": [], "seconds": []}
+        import resource
+
+        summary: dict[str, list] = {
+            "name": [],
+            "rows": [],
+            "detected": [],
+            "seconds": [],
+            "rss_mb": [],
+        }
         for k, c, a, z in zip(batch["realization"], batch["chunk"], batch["start"], batch["stop"]):
             shard = Shard(int(k), int(c), int(a), int(z))
             t0 = time.perf_counter()
@@ -240,6 +251,7 @@ class ShardWriter:
             summary["rows"].append(table.num_rows)
             summary["detected"].append(int(np.asarray(table["detected"]).sum()))
             summary["seconds"].append(time.perf_counter() - t0)
+            summary["rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {k: np.asarray(v) for k, v in summary.items()}
 
 
@@ -326,12 +338,16 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     if positions is not None and positions["n_outside"]:
         log(f"{cfg.positions}: dropped {int(positions['n_outside']):,} positions off the footprint")
 
+    peak_rss = 0.0  # the largest worker's peak resident memory, MB
     if pending:
         if not ray.is_initialized():
             ray.init()
         ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        workers = cfg.workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1)))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # With GPUs, several actors share each one (fractional num_gpus) so that the CPU side of
+        # a shard -- positions, lookups, decoding, Parquet encoding -- runs on many cores.
+        workers = cfg.workers or max(1, min(cpus, 4 * gpus) if gpus else cpus)
         specs = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
         results = specs.map_batches(
             ShardWriter,
@@ -345,8 +361,8 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            num_gpus=1 if gpus else 0,
-            num_cpus=0 if gpus else 1,
+            num_gpus=gpus / workers if gpus else 0,
+            num_cpus=1,
         )
         bar = tqdm(
             total=len(shards),
@@ -356,11 +372,14 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
         )
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(len(batch["name"]))
+            peak_rss = max(peak_rss, float(batch["rss_mb"].max()))
         bar.close()
-    return _finish(cfg, identity, shards, time.perf_counter() - t0, log)
+    return _finish(cfg, identity, shards, time.perf_counter() - t0, peak_rss, log)
 
 
-def _finish(cfg: EmulateConfig, identity: dict, shards: list[Shard], seconds: float, log) -> dict:
+def _finish(
+    cfg: EmulateConfig, identity: dict, shards: list[Shard], seconds: float, peak_rss: float, log
+) -> dict:
     out = Path(cfg.out)
     rows = detected = 0
     for shard in shards:
@@ -378,6 +397,7 @@ def _finish(cfg: EmulateConfig, identity: dict, shards: list[Shard], seconds: fl
         "shards": len(shards),
         "seconds": round(seconds, 2),
         "rows_per_second": rows / max(seconds, 1e-9),
+        "peak_worker_rss_mb": round(peak_rss, 1),
     }
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,152 @@
+"""Survey emulation throughput, end to end, against an I/O roofline measured in the same run.
+
+roofline:   one pyarrow read -> numpy -> pyarrow write of a table with the emulation output's
+            columns and rows (what any pipeline producing that output must at least do).
+model:      Emulator.sample alone on in-memory rows (generator + detection model + decoding).
+end to end: ``galray emulate`` (Ray Data actor pool: positions, condition join, model, writes).
+memory:     the largest emulation worker's peak RSS for K=1 and K=K realizations.
+
+    python benchmarks/bench_emulate.py --deep-rows 1000000 --realizations 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from galray.datasets.simulate import SurveyConfig, simulate_survey
+from galray.emulate import EmulateConfig, emulate
+from galray.features import EmulatorFeatures
+from galray.inference import Emulator
+from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+
+
+def make_model(root: Path, width: int, depth: int) -> tuple[Path, dict]:
+    inj = pq.read_table(root / "survey" / "injections").to_pandas()
+    cond = (
+        pq.read_table(root / "survey" / "maps" / "conditions.parquet")
+        .to_pandas()
+        .set_index("pixel")
+    )
+    for c in cond.columns:
+        inj[c] = cond[c].reindex(inj.pixel).to_numpy()
+    cols = {c: inj[c].to_numpy() for c in inj.columns}
+    features = EmulatorFeatures.fit(cols)
+    net = NetConfig(width=width, depth=depth)
+    torch.manual_seed(0)
+    emu = Emulator(
+        ConditionalGenerator(features.n_cond, 3, net),
+        DetectionModel(features.n_cond, net),
+        features,
+        net,
+    )
+    return emu.save(root / "model", overwrite=True), cols
+
+
+def roofline(output_dir: Path, scratch: Path, max_rows: int = 10_000_000) -> float:
+    """rows/s of read -> numpy -> write of the emulation's own output columns (up to max_rows)."""
+    files = sorted(output_dir.glob("part-*.parquet"))
+    tables, rows = [], 0
+    for f in files:
+        tables.append(pq.read_table(f))
+        rows += tables[-1].num_rows
+        if rows >= max_rows:
+            break
+    table = pa.concat_tables(tables)
+    pq.write_table(table, scratch / "roof-in.parquet", compression="zstd")
+    t0 = time.perf_counter()
+    t = pq.read_table(scratch / "roof-in.parquet")
+    arrays = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
+    pq.write_table(pa.table(arrays), scratch / "roof-out.parquet", compression="zstd")
+    return t.num_rows / (time.perf_counter() - t0)
+
+
+def model_rate(model: Path, cols: dict, n: int) -> float:
+    emu = Emulator.load(model, device="cuda" if torch.cuda.is_available() else "cpu")
+    reps = -(-n // len(cols["id"]))
+    rows = {k: np.tile(np.asarray(v), reps)[:n] for k, v in cols.items()}
+    emu.sample({k: v[:1000] for k, v in rows.items()})
+    t0 = time.perf_counter()
+    emu.sample(rows, seed=1)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--deep-rows", type=int, default=1_000_000)
+    p.add_argument("--realizations", type=int, default=10)
+    p.add_argument("--chunk-rows", type=int, default=500_000)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--skip-memory", action="store_true", help="skip the K=1 vs K memory comparison")
+    args = p.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="galray-bench-"))
+    try:
+        sim = SurveyConfig(
+            n_injections=200_000, n_deep=args.deep_rows, nside=512, write_fits_maps=False
+        )
+        simulate_survey(scratch / "survey", sim, log=lambda *_: None)
+        model, cols = make_model(scratch, args.width, args.depth)
+
+        def run(k: int, out: str) -> dict:
+            cfg = EmulateConfig(
+                model=str(model),
+                deep=str(scratch / "survey" / "deep"),
+                maps=str(scratch / "survey" / "maps" / "conditions.parquet"),
+                out=str(scratch / out),
+                realizations=k,
+                chunk_rows=args.chunk_rows,
+                workers=args.workers,
+            )
+            return emulate(cfg, log=lambda *_: None, progress=False)
+
+        import ray
+
+        ray.init(log_to_driver=False)
+        run(1, "warm")  # actor start-up, imports
+        end = run(args.realizations, "out")
+        roof = roofline(scratch / "out", scratch)
+        model_only = model_rate(model, cols, min(end["rows"], 4_000_000))
+        device = (
+            torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else platform.processor() or "cpu"
+        )
+        print(
+            f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  MLP {args.width}x{args.depth}"
+        )
+        print(f"rows: {end['rows']:,} ({args.deep_rows:,} deep x {args.realizations} realizations)")
+        print(f"roofline (pyarrow read->numpy->write): {roof:>14,.0f} rows/s")
+        print(f"model only (Emulator.sample):          {model_only:>14,.0f} rows/s")
+        print(f"end to end (galray emulate):           {end['rows_per_second']:>14,.0f} rows/s")
+        print(f"end to end / roofline:                 {end['rows_per_second'] / roof:>14.2f}")
+        print(
+            f"end to end / model only:               {end['rows_per_second'] / model_only:>14.2f}"
+        )
+        if not args.skip_memory:
+            one = run(1, "k1")
+            many = run(args.realizations, "kmany")
+            print(
+                f"peak worker RSS: K=1 {one['peak_worker_rss_mb']:.0f} MB, "
+                f"K={args.realizations} {many['peak_worker_rss_mb']:.0f} MB"
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
