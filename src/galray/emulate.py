@@ -266,6 +266,16 @@ def plan_shards(n_rows: int, realizations: int, chunk_rows: int) -> list[Shard]:
     ]
 
 
+def _resolve_model(uri: str) -> Path:
+    """A local bundle directory as is (no MLflow needed); anything else through MLflow."""
+    path = Path(uri)
+    if (path / "emulator.json").is_file():
+        return path.resolve()
+    from galray.tracking import resolve_model_uri
+
+    return resolve_model_uri(uri)
+
+
 def _identity(cfg: EmulateConfig, model_path: Path, n_rows: int) -> dict:
     """What a run's output depends on; a resumed run must match it exactly."""
     return {
@@ -315,12 +325,11 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     import ray.data
     from tqdm import tqdm
 
-    from galray.inference import load_emulator
-    from galray.tracking import resolve_model_uri
+    from galray.inference import Emulator
 
     t0 = time.perf_counter()
-    model_path = resolve_model_uri(cfg.model)  # ModelNotFoundError before anything is written
-    emulator = load_emulator(str(model_path))
+    model_path = _resolve_model(cfg.model)  # ModelNotFoundError before anything is written
+    emulator = Emulator.load(model_path)
     cmap = read_condition_map(cfg.maps, emulator.bands)
     check_model_against_maps(emulator, cmap, cfg.maps)
     deep = load_deep(cfg.deep, emulator.bands)
