@@ -12,8 +12,10 @@ The pipeline is Ray Data: a dataset of pending shard specs -> ``map_batches`` on
 the deep catalog and the condition map (shared through the object store) -> one summary row per
 shard, streamed back to the driver for the progress bar.
 
-With GPUs the pool holds up to 4 actors per GPU, each with a fraction of it, so the shard's CPU
-work overlaps the model on the GPU; without, one actor per CPU.
+With GPUs the pool holds one actor per CPU but one (which the driver keeps), all sharing the GPUs
+fractionally: the model is a small fraction of a shard's time on a GPU, so the CPU side --
+positions, lookups, decoding, Parquet encoding -- sets the pace and is spread over every core.
+Without GPUs, one actor per CPU.
 
 Positions: uniform on the sphere inside the footprint -- a footprint pixel drawn uniformly
 (HEALPix pixels have equal area), then a uniformly drawn NESTED sub-pixel ``2^10`` times finer,
@@ -354,9 +356,7 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        # With GPUs, several actors share each one (fractional num_gpus) so that the CPU side of
-        # a shard -- positions, lookups, decoding, Parquet encoding -- runs on many cores.
-        workers = cfg.workers or max(1, min(cpus, 4 * gpus) if gpus else cpus)
+        workers = cfg.workers or max(1, cpus - 1 if gpus else cpus)
         specs = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
         results = specs.map_batches(
             ShardWriter,
