@@ -247,11 +247,13 @@ class ShardWriter:
             table = emulate_shard(
                 shard, self.emulator, self.deep, self.cmap, self.seed, self.positions
             )
-            with atomic_path(self.out / shard.name) as tmp:
-                pq.write_table(table, tmp, compression="zstd")
-            summary["name"].append(shard.name)
             summary["rows"].append(table.num_rows)
             summary["detected"].append(int(np.asarray(table["detected"]).sum()))
+            with atomic_path(self.out / shard.name) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+            del table
+            pa.default_memory_pool().release_unused()  # keep the actor's footprint flat over shards
+            summary["name"].append(shard.name)
             summary["seconds"].append(time.perf_counter() - t0)
             summary["rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {k: np.asarray(v) for k, v in summary.items()}
