@@ -1,7 +1,8 @@
 """Survey emulation throughput, end to end, against an I/O roofline measured in the same run.
 
-roofline:   one pyarrow read -> numpy -> pyarrow write of a table with the emulation output's
-            columns and rows (what any pipeline producing that output must at least do).
+roofline:   one pyarrow read -> numpy -> pyarrow write (same writer settings) of a table with
+            the emulation output's columns and rows (what any pipeline producing that output
+            must at least do, in one process).
 model:      Emulator.sample alone on in-memory rows (generator + detection model + decoding).
 end to end: ``galray emulate`` (Ray Data actor pool: positions, condition join, model, writes).
 memory:     the largest emulation worker's peak RSS for K=1 and K=K realizations.
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulate import EmulateConfig, emulate
+from galray.emulate import PARQUET_WRITE, EmulateConfig, emulate
 from galray.features import EmulatorFeatures
 from galray.inference import Emulator
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
@@ -68,7 +69,7 @@ def roofline(output_dir: Path, scratch: Path, max_rows: int = 10_000_000) -> flo
     t0 = time.perf_counter()
     t = pq.read_table(scratch / "roof-in.parquet")
     arrays = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
-    pq.write_table(pa.table(arrays), scratch / "roof-out.parquet", compression="zstd")
+    pq.write_table(pa.table(arrays), scratch / "roof-out.parquet", **PARQUET_WRITE)
     return t.num_rows / (time.perf_counter() - t0)
 
 
