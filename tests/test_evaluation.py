@@ -1,114 +1,211 @@
-"""The emulator fidelity report: sensitivity of each statistic, files written, MLflow logging."""
+"""The emulator fidelity report: sensitivity of each statistic, files written, MLflow logging.
+
+Data come from a toy transfer function defined here (independent of galray's simulator): per
+band, observed flux = true flux (x an optional bias) + N(0, sigma) with sigma set by the
+10-sigma depth, detection by the i-band S/N of the observed flux.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import ndtr
 
-from galray.datasets import schema
-from galray.datasets.simulate import apply_transfer
+from galray.datasets.schema import flux_to_mag, mag_to_flux
 from galray.errors import DataError
-from galray.evaluation.emulator import fidelity_report, log_report_to_mlflow
+from galray.evaluation import emulator as ev
 
-N = 30_000
-
-
-def _inputs(n=N):
-    rows = {f"true_mag_{b}": np.random.default_rng(1).uniform(19, 25.5, n) for b in "riz"}
-    rows["true_size"] = np.random.default_rng(2).uniform(0.1, 1.0, n)
-    for b in "riz":
-        rows[f"psf_fwhm_{b}"] = np.random.default_rng(3).uniform(0.8, 1.3, n)
-        rows[f"depth_{b}"] = np.random.default_rng(4).uniform(22.5, 24.5, n)
-    return rows
+N = 40_000
+BANDS = ("r", "i", "z")
+SNR_THRESHOLD = 5.0
 
 
-def _draw(seed, *, bias_i=1.0, extra_noise_i=0.0, threshold_shift=0.0, n=N) -> pd.DataFrame:
-    """Measurements through the simulator's transfer function, optionally perturbed."""
+def _inputs(n: int = N) -> pd.DataFrame:
+    """Truth (AB mags, arcsec) and conditions of ``n`` galaxies, the same on every call."""
+    rng = np.random.default_rng(1)
+    mag_i = rng.uniform(19.0, 25.0, n)
+    r_i, i_z = rng.normal(0.5, 0.25, n), rng.normal(0.25, 0.1, n)
+    rows = {"true_mag_r": mag_i + r_i, "true_mag_i": mag_i, "true_mag_z": mag_i - i_z}
+    rows["true_size"] = rng.uniform(0.2, 1.2, n)
+    for b, depth in zip(BANDS, (23.9, 23.5, 22.9)):
+        rows[f"psf_fwhm_{b}"] = rng.uniform(0.8, 1.3, n)
+        rows[f"depth_{b}"] = depth + rng.uniform(-0.6, 0.6, n)
+    return pd.DataFrame(rows)
+
+
+def _measure(
+    truth: pd.DataFrame,
+    seed: int,
+    *,
+    bias_i: float = 1.0,
+    extra_noise_i: float = 0.0,
+    threshold: float = SNR_THRESHOLD,
+    probability: str | None = None,
+) -> pd.DataFrame:
+    """One measurement of every row; ``probability``: also store P(detected) under that name."""
     rng = np.random.default_rng(seed)
-    rows = _inputs(n)
-    res = apply_transfer(rows, rows, {b: np.zeros(n) for b in "riz"}, rng)
-    df = pd.DataFrame(rows)
-    p_det = np.clip(res.p_detect - threshold_shift, 0, 1)
-    det = rng.random(n) < p_det
-    for b in "riz":
-        flux = res.obs_flux[b]
+    frame = truth.copy()
+    snr = {}
+    for b in BANDS:
+        flux = mag_to_flux(truth[f"true_mag_{b}"].to_numpy())
+        sigma = mag_to_flux(truth[f"depth_{b}"].to_numpy()) / 10.0
         if b == "i":
-            true = schema.mag_to_flux(rows["true_mag_i"])
-            flux = true * bias_i + (flux - true) + extra_noise_i * true * rng.standard_normal(n)
-        df[f"obs_mag_{b}"] = np.where(det, schema.flux_to_mag(flux), np.nan)
-    df["detected"] = det
-    df["p_detect"] = p_det
-    return df
+            flux = flux * bias_i
+            snr["expected"] = flux / sigma
+            flux = flux + extra_noise_i * flux * rng.standard_normal(len(truth))
+        frame[f"obs_flux_{b}"] = flux + sigma * rng.standard_normal(len(truth))
+        snr[b] = frame[f"obs_flux_{b}"].to_numpy() / sigma
+    detected = snr["i"] > threshold
+    for b in BANDS:
+        frame[f"obs_mag_{b}"] = np.where(detected, flux_to_mag(frame[f"obs_flux_{b}"]), np.nan)
+    frame["detected"] = detected
+    if probability is not None:
+        frame[probability] = ndtr(snr["expected"] - threshold)
+    return frame
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return _draw(10)
+def truth():
+    return _inputs()
 
 
 @pytest.fixture(scope="module")
-def same(reference, tmp_path_factory):
+def reference(truth):
+    return _measure(truth, 10, probability="p_detect")
+
+
+@pytest.fixture(scope="module")
+def same(reference, truth, tmp_path_factory):
     out = tmp_path_factory.mktemp("same")
-    return fidelity_report(reference, _draw(11), out, seed=0), out
+    return ev.fidelity_report(reference, _measure(truth, 11), out, seed=0), out
 
 
 def test_identical_distributions_are_indistinguishable(same):
     report, _ = same
     assert report["n_rows"] == N
-    assert abs(report["c2st_auc"] - 0.5) < 0.03
+    assert report["c2st_auc"] < 0.53
+    assert report["c2st_auc_detected"] < 0.53
     assert report["ks_max"] < 0.02
-    assert report["detection_max_abs_diff"] < 0.03
+    assert max(report[f"ks_dmag_{b}"] for b in BANDS) < 0.02
+    assert max(report["ks_r-i"], report["ks_i-z"]) < 0.02
     assert report["detection_compared"] == ["p_detect", "detected"]
+    assert report["detection_bins_used"] >= 30
+    assert report["detection_max_abs_diff"] < 0.03
+    assert report["detection_max_abs_z"] < 4.5  # within the binomial noise of the outcomes
 
 
-def test_flux_bias_in_one_band_is_caught(reference, same, tmp_path):
-    biased = fidelity_report(reference, _draw(11, bias_i=1.02), tmp_path, seed=0)
+def test_flux_bias_in_one_band_is_caught(reference, truth, same, tmp_path):
+    biased = ev.fidelity_report(reference, _measure(truth, 11, bias_i=1.05), tmp_path, plots=False)
     assert biased["c2st_auc"] > 0.55
-    assert biased["ks_dmag_i"] > 2 * same[0]["ks_dmag_i"]
-    assert biased["ks_dmag_r"] < 0.03  # other bands untouched
+    assert biased["ks_dmag_i"] > 0.1 > 3 * same[0]["ks_dmag_i"]
+    assert biased["ks_i"] > 2 * same[0]["ks_i"]
+    assert biased["ks_dmag_r"] < 0.02  # the other bands are untouched
+    table = pd.read_csv(tmp_path / "dmag_by_true_mag.csv")
+    bright = table[(table.band == "i") & (table.bin_centre < 21)]
+    assert np.allclose(bright.emu_mean - bright.ref_mean, -2.5 * np.log10(1.05), atol=0.005)
 
 
-def test_extra_noise_is_caught(reference, tmp_path):
-    noisy = fidelity_report(reference, _draw(11, extra_noise_i=0.05), tmp_path, seed=0)
+def test_extra_noise_is_caught(reference, truth, tmp_path):
+    noisy = ev.fidelity_report(
+        reference, _measure(truth, 11, extra_noise_i=0.05), tmp_path, plots=False
+    )
     assert noisy["c2st_auc"] > 0.55
+    table = pd.read_csv(tmp_path / "dmag_by_depth.csv")
+    i_band = table[table.band == "i"]
+    assert (i_band.emu_width > 1.5 * i_band.ref_width).all()
 
 
-def test_detection_threshold_shift_is_caught(reference, tmp_path):
-    shifted = fidelity_report(reference, _draw(11, threshold_shift=0.15), tmp_path, seed=0)
-    assert shifted["detection_max_abs_diff"] > 0.08
+def test_detection_threshold_shift_is_caught(reference, truth, tmp_path):
+    emulated = _measure(truth, 11, threshold=1.1 * SNR_THRESHOLD)
+    shifted = ev.fidelity_report(reference, emulated, tmp_path, plots=False)
+    assert shifted["detection_max_abs_diff"] > 0.05
+    assert shifted["detection_max_abs_z"] > 6
     assert shifted["detection_fraction_emu"] < shifted["detection_fraction_ref"]
+
+
+def test_detection_probabilities_remove_binomial_noise(truth, tmp_path):
+    """Compared as probabilities (simulator's p_detect, emulator's p_detected) on both sides."""
+    ref = _measure(truth, 10, probability="p_detect")
+    same = ev.fidelity_report(ref, _measure(truth, 11, probability="p_detected"), tmp_path / "a")
+    assert same["detection_compared"] == ["p_detect", "p_detected"]
+    assert same["detection_max_abs_diff"] < 0.03
+    assert math.isnan(same["detection_max_abs_z"])
+    emulated = _measure(truth, 11, threshold=1.1 * SNR_THRESHOLD, probability="p_detected")
+    shifted = ev.fidelity_report(ref, emulated, tmp_path / "b", plots=False)
+    assert shifted["detection_max_abs_diff"] > 0.05
 
 
 def test_files_written(same):
     report, out = same
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["c2st_auc"] == report["c2st_auc"]
+    for key in ("c2st_auc", "c2st_auc_detected", "ks_max", "detection_max_abs_diff", "n_rows"):
+        assert on_disk[key] == report[key]
+    assert {"ks_r", "ks_i", "ks_z", "ks_dmag_i", "ks_r-i", "ks_i-z"} <= set(on_disk)
+    assert set(report["plots"]) == {
+        "cmd_ri_i.png",
+        "dmag_vs_true_mag.png",
+        "detection_vs_true_mag.png",
+        "detection_vs_depth.png",
+        "obs_mag_hist.png",
+    }
     for name in report["tables"] + report["plots"]:
-        assert (out / name).stat().st_size > 0
-    assert {"cmd_ri_i.png", "detection_vs_true_mag.png"} <= set(report["plots"])
-    table = pd.read_csv(out / "dmag_by_true_mag.csv")
-    assert set(table.band) == {"r", "i", "z"}
-    assert {"ref_median", "emu_median", "ref_width", "emu_width"} <= set(table.columns)
+        assert (out / name).stat().st_size > 1000
+    for name in report["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_mag = pd.read_csv(out / "dmag_by_true_mag.csv")
+    assert set(by_mag.band) == set(BANDS)
+    for who in ("ref", "emu"):
+        assert {f"{who}_{s}" for s in ("count", "mean", "median", "std", "width")} <= set(
+            by_mag.columns
+        )
+    detection = pd.read_csv(out / "detection_by_bin.csv")
+    assert detection["count"].sum() == N
+    assert not list(out.glob(".*"))  # no temporary files left behind
 
 
 def test_logs_to_mlflow(same, tmp_path):
     report, out = same
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with mlflow.start_run() as run:
-        log_report_to_mlflow(report, out)
-    logged = mlflow.get_run(run.info.run_id)
-    assert logged.data.metrics["c2st_auc"] == pytest.approx(report["c2st_auc"])
-    assert "ks_r_minus_i" in logged.data.metrics
-    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "fidelity")}
-    assert "fidelity/report.json" in names
+        ev.log_report_to_mlflow(report, out)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged["c2st_auc"] == pytest.approx(report["c2st_auc"])
+    assert logged["ks_max"] == pytest.approx(report["ks_max"])
+    assert logged["ks_r_minus_i"] == pytest.approx(report["ks_r-i"])
+    assert "seed" not in logged
+    client = mlflow.MlflowClient()
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "fidelity")}
+    assert {"fidelity/report.json", "fidelity/cmd_ri_i.png", "fidelity/detection_by_bin.csv"} <= (
+        names
+    )
 
 
-def test_missing_column_is_named(reference, tmp_path):
-    with pytest.raises(DataError, match="obs_mag_z"):
-        fidelity_report(reference, reference.drop(columns=["obs_mag_z"]), tmp_path)
+def test_max_rows_subsamples_the_same_rows_deterministically(reference, truth, tmp_path):
+    emulated = _measure(truth, 11)
+    a = ev.fidelity_report(reference, emulated, tmp_path / "a", max_rows=5000, plots=False)
+    b = ev.fidelity_report(reference, emulated, tmp_path / "b", max_rows=5000, plots=False)
+    assert a["n_rows"] == 5000
+    assert a == b
+    assert a["c2st_auc"] < 0.56  # the same rows of both frames: still indistinguishable
+
+
+@pytest.mark.parametrize("column", ["obs_mag_z", "depth_i", "psf_fwhm_r", "detected"])
+def test_missing_column_is_named(reference, column, tmp_path):
+    with pytest.raises(DataError, match=f"emulated rows: missing column.*{column}"):
+        ev.fidelity_report(reference, reference.drop(columns=[column]), tmp_path)
+    with pytest.raises(DataError, match=f"reference rows: missing column.*{column}"):
+        ev.fidelity_report(reference.drop(columns=[column]), reference, tmp_path)
+
+
+def test_frames_must_hold_the_same_rows(reference, tmp_path):
     with pytest.raises(DataError, match="rows"):
-        fidelity_report(reference, reference.iloc[:10], tmp_path)
+        ev.fidelity_report(reference, reference.iloc[:-10], tmp_path)
+    with pytest.raises(DataError, match="true_mag_r"):
+        ev.fidelity_report(reference, reference.sample(frac=1.0, random_state=0), tmp_path)
+    with pytest.raises(DataError, match="too few"):
+        ev.fidelity_report(reference.iloc[:10], reference.iloc[:10], tmp_path)
