@@ -11,17 +11,17 @@ def ray_session():
 
     Starting Ray costs 5-15 s, so it starts once, on first use, and shuts down at the end of the
     session.  If the test process already runs Ray, that instance is reused and left running.
+    It keeps Ray's dashboard (started by :func:`~galray.trainers.emulator_job.init_ray`): Ray
+    Train frees the workers of a Tune trial stopped early only through the dashboard's state API.
     """
     import ray
     import ray.data
 
+    from galray.trainers.emulator_job import init_ray
+
     started = not ray.is_initialized()
     if started:
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        except Exception:
-            # Some Ray builds need the dashboard process; fall back to Ray's default.
-            ray.init(num_cpus=2, log_to_driver=False)
+        init_ray(num_cpus=2, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     if started:

@@ -9,7 +9,9 @@ registers it, and (by default) scores it on held-out test rows.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +42,32 @@ class TrainResult:
     seconds: float
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a local one."""
+def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a local one.
+
+    A local instance gets its dashboard on a free port and tells its workers that address
+    (``RAY_API_SERVER_ADDRESS``).  Ray Train's placement-group cleaner asks the state API whether
+    a controller is alive; with several local Ray instances on one machine the API cannot tell
+    which to ask, and the workers of a Tune trial stopped early (ASHA) are never freed.
+    """
+    import socket
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver)
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(
+        num_cpus=num_cpus,
+        log_to_driver=log_to_driver,
+        dashboard_port=port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+    )
 
 
 def emulator_from_checkpoint(path: str | Path, cfg: EmulatorTrainConfig, info: dict) -> Emulator:
@@ -80,23 +102,59 @@ def _simulate_if_missing(cfg: EmulatorTrainConfig, log) -> None:
     simulate_survey(cfg.data.survey, from_dict(SurveyConfig, dict(cfg.data.simulate)), log=log)
 
 
-def _trainer(cfg: EmulatorTrainConfig, catalog, storage: str, name: str, mlflow_info: dict):
+def open_catalog(cfg: EmulatorTrainConfig):
+    """The :class:`~galray.datasets.reader.TrainingCatalog` that ``cfg.data`` names."""
+    from galray.datasets.reader import TrainingCatalog
+
+    return TrainingCatalog(
+        cfg.data.catalog,
+        cfg.data.maps,
+        fractions=cfg.data.fractions,
+        salt=cfg.data.salt,
+        max_outside_fraction=cfg.data.max_outside_fraction,
+    )
+
+
+def _trainer(
+    cfg: EmulatorTrainConfig,
+    catalog,
+    storage: str,
+    name: str,
+    mlflow_info: dict,
+    *,
+    callbacks: Sequence = (),
+    keep_best: tuple[str, str] | None = None,
+):
+    """The ``TorchTrainer`` of one training run.  callbacks: Ray Train ``UserCallback``s (a Tune
+    trial passes ``TuneReportCallback``).  keep_best: ``(metric, "min"|"max")`` keeps the best
+    checkpoint by that metric besides the latest (default: the two latest)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    checkpoint_config = ray.train.CheckpointConfig(num_to_keep=2)
+    if keep_best is not None:
+        checkpoint_config = ray.train.CheckpointConfig(
+            num_to_keep=2,
+            checkpoint_score_attribute=keep_best[0],
+            checkpoint_score_order=keep_best[1],
+        )
     return TorchTrainer(
         train_loop,
         train_loop_config=to_dict(cfg) | {"_mlflow": mlflow_info},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=checkpoint_config,
+            callbacks=list(callbacks),
         ),
         datasets={
             "train": catalog.dataset("train", _columns(cfg)),
@@ -114,17 +172,9 @@ def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
 
     import ray.data
 
-    from galray.datasets.reader import TrainingCatalog
-
     t0 = time.perf_counter()
     _simulate_if_missing(cfg, log)
-    catalog = TrainingCatalog(
-        cfg.data.catalog,
-        cfg.data.maps,
-        fractions=cfg.data.fractions,
-        salt=cfg.data.salt,
-        max_outside_fraction=cfg.data.max_outside_fraction,
-    )
+    catalog = open_catalog(cfg)
     init_ray()
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,0 +1,94 @@
+"""``galray tune <trainer> --config FILE [--set key=value ...]`` and ``--resume PATH``."""
+
+from __future__ import annotations
+
+import argparse
+
+from galray.cli import group
+
+_HELP = {"emulator": "search the emulator's hyperparameters (cWGAN-GP + detection model)"}
+
+
+def register(sub, groups) -> None:
+    from galray.tune import TUNABLES
+
+    tune = group(sub, groups, "tune", help="search hyperparameters with Ray Tune (ASHA)")
+    for name in TUNABLES:
+        p = tune.add_parser(
+            name,
+            help=_HELP.get(name, f"search the {name} trainer's hyperparameters"),
+            description=f"Run a Ray Tune sweep of the {name} trainer: the search space lives in "
+            "the config's search: section, ASHA stops poor trials early, MLflow gets a parent run "
+            "with one child run per trial, and the best model is registered.  Example: galray "
+            f"tune {name} --config configs/tune-{name}-smoke.yaml --set tune.num_samples=4.  "
+            f"An interrupted sweep continues with: galray tune {name} --resume SWEEP_DIR",
+        )
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--config", help="sweep YAML (see configs/tune-*.yaml)")
+        source.add_argument(
+            "--resume", metavar="PATH", help="continue the interrupted sweep in directory PATH"
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a field: train.epochs=4, tune.num_samples=8, "
+            "'search.net.width={choice: [64, 128]}' (repeatable; not with --resume)",
+        )
+        p.set_defaults(handler=_tune, trainer=name)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from galray.errors import ConfigError
+    from galray.tune import get_tunable
+    from galray.tune.search_space import load_sweep
+    from galray.tune.sweep import resume_sweep, start_sweep
+
+    tunable = get_tunable(args.trainer)
+    if args.resume:
+        if args.overrides:
+            raise ConfigError("--set: a resumed sweep keeps its config; --set is not allowed")
+        result = resume_sweep(args.resume, trainer=tunable.name)
+    else:
+        sweep = load_sweep(
+            tunable.name, tunable.config_cls, args.config, args.overrides, fixed=tunable.fixed
+        )
+        result = start_sweep(tunable, sweep)
+    return print_summary(result)
+
+
+def print_summary(result) -> int:
+    """The trials table and where the sweep's results are; 1 if no trial left a model."""
+    from galray.tune.results import format_table
+
+    print()
+    print(format_table(result))
+    print()
+    n_stopped = sum(t.status == "stopped early" for t in result.trials)
+    print(
+        f"sweep {result.name} finished in {result.seconds:.0f} s: {len(result.trials)} trials "
+        f"({n_stopped} stopped early), {result.trial_epochs} trial-epochs"
+    )
+    print(f"  directory:      {result.path}")
+    if result.parent_run_id:
+        print(f"  MLflow run:     {result.parent_run_id} (one child run per trial)")
+    if result.interrupted:
+        print(f"  interrupted: continue with galray tune {result.trainer} --resume {result.path}")
+        return 130
+    if result.best is None:
+        print("  no trial produced a checkpoint")
+        return 1
+    print(f"  best trial:     {result.best.trial_id}  {result.metric}={result.best.best:.4f}")
+    model = result.model
+    print(f"  model:          {model.get('model_uri')}")
+    if model.get("registered_uri"):
+        print(f"  registered as:  {model['registered_uri']}")
+    report = model.get("report")
+    if report:
+        print(
+            f"  fidelity (test split, {report['n_rows']:,} rows): c2st_auc="
+            f"{report['c2st_auc']:.3f}  ks_max={report['ks_max']:.3f}"
+        )
+    return 0
