@@ -20,7 +20,9 @@ COMMAND_MODULES = (
     "galray.commands.train",
     "galray.commands.evaluate",
     "galray.commands.emulate",
+    "galray.commands.tune",
     "galray.commands.quickstart",
+    "galray.commands.deepfield",
 )
 
 

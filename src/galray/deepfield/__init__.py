@@ -1,0 +1,1 @@
+"""The deep-field generator as a product: intensity scaling, the saved model, tiled generation."""
