@@ -8,6 +8,11 @@ end to end: ``galray emulate`` (Ray Data actor pool: positions, condition join, 
 memory:     the largest emulation worker's peak RSS for K=1 and K=K realizations.
 
     python benchmarks/bench_emulate.py --deep-rows 1000000 --realizations 10
+    python benchmarks/bench_emulate.py --model flow      # the conditional flow instead of the GAN
+    python benchmarks/bench_emulate.py --model flow --model-only --model-rows 20000000  # on a GPU
+
+The networks are untrained (initialised with a fixed seed): throughput does not depend on the
+weights.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import torch
 from galray.datasets.simulate import SurveyConfig, simulate_survey
 from galray.emulate import PARQUET_WRITE, EmulateConfig, emulate
 from galray.features import EmulatorFeatures
-from galray.inference import Emulator
-from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from galray.inference import Emulator, build_generator
+from galray.models.emulator import DetectionModel, NetConfig
+from galray.models.flow import FlowConfig
 
 
-def make_model(root: Path, width: int, depth: int) -> tuple[Path, dict]:
+def make_model(root: Path, kind: str, width: int, depth: int) -> tuple[Path, dict]:
     inj = pq.read_table(root / "survey" / "injections").to_pandas()
     cond = (
         pq.read_table(root / "survey" / "maps" / "conditions.parquet")
@@ -45,12 +51,14 @@ def make_model(root: Path, width: int, depth: int) -> tuple[Path, dict]:
     cols = {c: inj[c].to_numpy() for c in inj.columns}
     features = EmulatorFeatures.fit(cols)
     net = NetConfig(width=width, depth=depth)
+    flow = FlowConfig() if kind == "flow" else None  # the configs' shape: 4 x 128 x 2, 8 bins
     torch.manual_seed(0)
     emu = Emulator(
-        ConditionalGenerator(features.n_cond, 3, net),
+        build_generator(features, net, flow),
         DetectionModel(features.n_cond, net),
         features,
         net,
+        flow=flow,
     )
     return emu.save(root / "model", overwrite=True), cols
 
@@ -87,6 +95,11 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--model", choices=("gan", "flow"), default="gan")
+    p.add_argument(
+        "--model-only", action="store_true", help="only the model-only rate (no Ray pipeline)"
+    )
+    p.add_argument("--model-rows", type=int, default=4_000_000, help="rows of the model-only rate")
     p.add_argument("--deep-rows", type=int, default=1_000_000)
     p.add_argument("--realizations", type=int, default=10)
     p.add_argument("--chunk-rows", type=int, default=500_000)
@@ -101,7 +114,18 @@ def main() -> None:
             n_injections=200_000, n_deep=args.deep_rows, nside=512, write_fits_maps=False
         )
         simulate_survey(scratch / "survey", sim, log=lambda *_: None)
-        model, cols = make_model(scratch, args.width, args.depth)
+        model, cols = make_model(scratch, args.model, args.width, args.depth)
+        device = (
+            torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else platform.processor() or "cpu"
+        )
+        shape = "flow 4x128x2" if args.model == "flow" else f"MLP {args.width}x{args.depth}"
+        if args.model_only:
+            rate = model_rate(model, cols, args.model_rows)
+            print(f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  {shape}")
+            print(f"model only (Emulator.sample, {args.model_rows:,} rows): {rate:,.0f} rows/s")
+            return
 
         def run(k: int, out: str) -> dict:
             cfg = EmulateConfig(
@@ -121,15 +145,8 @@ def main() -> None:
         run(1, "warm")  # actor start-up, imports
         end = run(args.realizations, "out")
         roof = roofline(scratch / "out", scratch)
-        model_only = model_rate(model, cols, min(end["rows"], 4_000_000))
-        device = (
-            torch.cuda.get_device_name()
-            if torch.cuda.is_available()
-            else platform.processor() or "cpu"
-        )
-        print(
-            f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  MLP {args.width}x{args.depth}"
-        )
+        model_only = model_rate(model, cols, min(end["rows"], args.model_rows))
+        print(f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  {shape}")
         print(f"rows: {end['rows']:,} ({args.deep_rows:,} deep x {args.realizations} realizations)")
         print(f"roofline (pyarrow read->numpy->write): {roof:>14,.0f} rows/s")
         print(f"model only (Emulator.sample):          {model_only:>14,.0f} rows/s")

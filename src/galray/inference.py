@@ -2,9 +2,11 @@
 
 A saved emulator is a directory (a "bundle")::
 
-    emulator.json    format version, bands, network config, training provenance
+    emulator.json    format version, bands, model kind (``gan`` or ``flow``), network configs,
+                     training provenance
     features.json    column order and standardisation (:class:`galray.features.EmulatorFeatures`)
-    generator.pt     state dict of the conditional generator
+    generator.pt     state dict of the conditional generator (the cWGAN-GP's generator or the
+                     conditional flow: both map base noise and conditions to a measurement)
     detection.pt     state dict of the detection model
 
 MLflow stores the same directory as the artifacts of a logged model, so a registry URI resolves
@@ -27,8 +29,19 @@ from galray.errors import DataError, ModelNotFoundError
 from galray.features import EmulatorFeatures
 from galray.io import atomic_directory
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from galray.models.flow import ConditionalFlow, FlowConfig
 
 BUNDLE_VERSION = 1
+
+
+def build_generator(
+    features: EmulatorFeatures, net: NetConfig, flow: FlowConfig | None
+) -> ConditionalGenerator | ConditionalFlow:
+    """An untrained generator of the given shape: the conditional flow if ``flow`` is given,
+    else the cWGAN-GP generator."""
+    if flow is not None:
+        return ConditionalFlow(features.n_cond, features.n_target, flow)
+    return ConditionalGenerator(features.n_cond, features.n_target, net)
 
 
 class Emulator:
@@ -36,17 +49,24 @@ class Emulator:
 
     def __init__(
         self,
-        generator: ConditionalGenerator,
+        generator: ConditionalGenerator | ConditionalFlow,
         detection: DetectionModel,
         features: EmulatorFeatures,
         net: NetConfig,
         info: dict | None = None,
+        flow: FlowConfig | None = None,
     ):
         self.generator = generator.eval()
         self.detection = detection.eval()
         self.features = features
         self.net = net
+        self.flow = flow
         self.info = dict(info or {})
+
+    @property
+    def model(self) -> str:
+        """``"flow"`` or ``"gan"``: which kind of generator samples the measurements."""
+        return "flow" if self.flow is not None else "gan"
 
     @property
     def bands(self) -> list[str]:
@@ -99,7 +119,9 @@ class Emulator:
                 "format": "galray.emulator",
                 "version": BUNDLE_VERSION,
                 "bands": self.bands,
+                "model": self.model,
                 "net": asdict(self.net),
+                "flow": asdict(self.flow) if self.flow is not None else None,
                 "info": self.info,
             }
             (tmp / "emulator.json").write_text(json.dumps(meta, indent=2))
@@ -122,7 +144,8 @@ class Emulator:
         try:
             features = EmulatorFeatures.from_json((path / "features.json").read_text())
             net = NetConfig(**meta["net"])
-            generator = ConditionalGenerator(features.n_cond, features.n_target, net)
+            flow = FlowConfig(**meta["flow"]) if meta.get("model") == "flow" else None
+            generator = build_generator(features, net, flow)
             detection = DetectionModel(features.n_cond, net)
             generator.load_state_dict(_load_state(path / "generator.pt"))
             detection.load_state_dict(_load_state(path / "detection.pt"))
@@ -135,7 +158,7 @@ class Emulator:
             pickle.UnpicklingError,
         ) as exc:
             raise ModelNotFoundError(f"{path}: damaged emulator bundle ({exc})") from exc
-        return cls(generator, detection, features, net, meta.get("info")).to(device)
+        return cls(generator, detection, features, net, meta.get("info"), flow).to(device)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

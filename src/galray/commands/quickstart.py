@@ -12,12 +12,18 @@ def register(sub, groups) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="galray-quickstart", help="where everything is written")
-    p.add_argument("--epochs", type=int, default=16, help="training epochs")
+    p.add_argument(
+        "--model",
+        choices=("flow", "gan"),
+        default="flow",
+        help="conditional normalizing flow or cWGAN-GP",
+    )
+    p.add_argument("--epochs", type=int, help="training epochs (default: 12 flow, 16 gan)")
     p.set_defaults(handler=_quickstart)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from galray.quickstart import quickstart
 
-    quickstart(args.out, epochs=args.epochs)
+    quickstart(args.out, model=args.model, epochs=args.epochs)
     return 0

@@ -11,7 +11,8 @@ def register(sub, groups) -> None:
     train = group(sub, groups, "train", help="train a model with Ray Train")
     p = train.add_parser(
         "emulator",
-        help="train the transfer-function emulator (cWGAN-GP + detection model)",
+        help="train the transfer-function emulator (cWGAN-GP or conditional flow, + detection "
+        "model)",
         description="Train the emulator on an injection catalog; logs to MLflow and registers "
         "the model.  Example: galray train emulator --config configs/emulator-smoke.yaml "
         "--set epochs=5",

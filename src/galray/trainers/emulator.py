@@ -1,4 +1,5 @@
-"""Ray Train loop of the transfer-function emulator (cWGAN-GP + detection model).
+"""Ray Train loop of the transfer-function emulator (cWGAN-GP or conditional flow, + detection
+model).
 
 The same :func:`train_loop` runs on one CPU worker (gloo) and on N GPU workers (NCCL).  Each worker
 takes its shard of the training rows from Ray Data (``get_dataset_shard``) and holds it on its
@@ -27,6 +28,7 @@ from galray.config import from_dict, require
 from galray.datasets import schema
 from galray.features import EmulatorFeatures
 from galray.models.emulator import NetConfig
+from galray.models.flow import FlowConfig
 from galray.trainers.emulator_step import (
     DeviceData,
     EmulatorModules,
@@ -36,7 +38,10 @@ from galray.trainers.emulator_step import (
     build_modules,
     epoch_indices,
     lr_scale,
+    steps_per_group,
 )
+
+MODELS = ("gan", "flow")
 
 CHECKPOINT_STATE = "state.pt"
 CHECKPOINT_FEATURES = "features.json"
@@ -132,7 +137,10 @@ class TrackingConfig:
 class EmulatorTrainConfig:
     """One emulator training job (``galray train emulator --config FILE``).
 
-    epochs: passes of the critic over the detected training rows.  seed: initialisation and data
+    model: ``gan`` (the cWGAN-GP, shaped by ``net``) or ``flow`` (a conditional neural-spline
+    flow, shaped by ``flow``); both share the detection model (``net.detection_*``), the data,
+    checkpoints, tracking and the saved emulator's interface.
+    epochs: passes of the critic (or flow) over the detected training rows.  seed: initialisation and data
     order.  storage_path: where Ray Train keeps checkpoints.  max_failures: worker-group restarts
     allowed.  cuda_graphs: capture the training step as a CUDA graph on GPUs.  evaluate: write a
     fidelity report on the test split at the end.  report_every: epochs between reports
@@ -141,7 +149,9 @@ class EmulatorTrainConfig:
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(survey="survey"))
+    model: str = "gan"
     net: NetConfig = field(default_factory=NetConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -157,6 +167,7 @@ class EmulatorTrainConfig:
     debug_fail_at_epoch: int | None = None  # fault injection for tests: kill a worker once
 
     def __post_init__(self) -> None:
+        require(self.model in MODELS, "model", f"must be one of {MODELS}, got {self.model!r}")
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         require(self.eval_rows >= 1000, "eval_rows", f"must be >= 1000, got {self.eval_rows}")
@@ -234,8 +245,9 @@ def validation_metrics(
     """Cheap per-epoch fidelity on the validation rows: KS D of each band's
     ``lupt(obs) - true`` (emulated vs real, detected rows), the sliced Wasserstein distance
     ``val_swd`` of the joint (conditions, measurement) of detected rows in standardised units --
-    unlike the per-band KS it sees a measurement that ignores its conditions -- and the detection
-    model's BCE."""
+    unlike the per-band KS it sees a measurement that ignores its conditions -- the detection
+    model's BCE, and for a flow ``val_nll``, its negative log-likelihood per row (standardised
+    units)."""
     device = next(m.generator.parameters()).device
     det = val["detected"].astype(bool)
     cond = torch.from_numpy(features.encode_cond(val)).to(device)
@@ -251,6 +263,10 @@ def validation_metrics(
     out["val_swd"] = sliced_wasserstein(
         np.concatenate([cond_det, real], axis=1), np.concatenate([cond_det, fake], axis=1)
     )
+    if m.is_flow:
+        target = torch.from_numpy(real).to(device)
+        log_p = m.exported_generator.log_prob(target, cond[torch.from_numpy(det).to(device)])
+        out["val_nll"] = float(-log_p.mean())
     logits = m.detection(cond)
     label = torch.from_numpy(det.astype(np.float32)).to(device)
     out["val_detection_bce"] = float(
@@ -262,13 +278,8 @@ def validation_metrics(
 
 def _param_divergence(m: EmulatorModules, device: torch.device) -> float:
     """Max |θ_rank - θ_0| over all parameters and ranks (0 means every rank holds equal weights)."""
-    flat = torch.cat(
-        [
-            p.detach().reshape(-1)
-            for mod in (m.generator, m.critic, m.detection)
-            for p in mod.parameters()
-        ]
-    ).to(device)
+    flat = torch.cat([p.detach().reshape(-1) for mod in m.networks for p in mod.parameters()])
+    flat = flat.to(device)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return 0.0
     reference = flat.clone()
@@ -317,6 +328,17 @@ class _MlflowEpochLogger:
         self.client.log_batch(self.run_id, metrics=batch)
 
 
+def _progress_line(metrics: dict[str, float], epoch: int, epochs: int) -> str:
+    if "nll" in metrics:
+        losses = f"nll={metrics['nll']:.3f}  val_nll={metrics['val_nll']:.3f}"
+    else:
+        losses = f"W={metrics['wasserstein']:.3f}  gp={metrics['gradient_penalty']:.3f}"
+    return (
+        f"[galray] epoch {epoch}/{epochs}  {metrics['rows_per_second']:,.0f} rows/s  {losses}  "
+        f"val_ks_max={metrics['val_ks_max']:.3f}  det_bce={metrics['val_detection_bce']:.4f}"
+    )
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -338,7 +360,9 @@ def train_loop(config: dict) -> None:
     )
     features = fit_features(columns, bands, cfg.data.use_size, device)
     data = to_device_data(columns, features, device)
-    per_group = cfg.optim.critic_steps * cfg.optim.batch_size
+    is_flow = cfg.model == "flow"
+    steps = steps_per_group(cfg.optim, is_flow)
+    per_group = steps * cfg.optim.batch_size
     groups = (
         int(_all_reduce_np(np.array([data.n_detected // per_group]), device, dist.ReduceOp.MIN)[0])
         if world > 1
@@ -351,7 +375,15 @@ def train_loop(config: dict) -> None:
         )
         val = {k: v[: cfg.data.max_val_rows] for k, v in val.items()}
 
-    m = build_modules(features.n_cond, features.n_target, cfg.net, cfg.optim, device, cfg.seed)
+    m = build_modules(
+        features.n_cond,
+        features.n_target,
+        cfg.net,
+        cfg.optim,
+        device,
+        cfg.seed,
+        flow=cfg.flow if is_flow else None,
+    )
     start_epoch, history, progress = 1, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -365,7 +397,9 @@ def train_loop(config: dict) -> None:
         data = to_device_data(columns, features, device)
     del columns
 
-    runner = GroupRunner(m, data, cfg.optim, GradientSync(world), cuda_graph=cfg.cuda_graphs)
+    # the flow's step builds zuko distribution objects each call: run it eagerly
+    graphs = cfg.cuda_graphs and not is_flow
+    runner = GroupRunner(m, data, cfg.optim, GradientSync(world), cuda_graph=graphs)
     logger = (
         _MlflowEpochLogger(mlflow_info.get("tracking_uri"), mlflow_info.get("run_id"))
         if rank == 0
@@ -381,7 +415,7 @@ def train_loop(config: dict) -> None:
         if cfg.time_budget_s is not None:
             progress_fraction = max(progress_fraction, train_seconds / cfg.time_budget_s)
         m.set_lr_scale(lr_scale(progress_fraction, cfg.optim.warmdown))
-        idx_critic, idx_det = epoch_indices(data, cfg.optim, order, groups)
+        idx_critic, idx_det = epoch_indices(data, cfg.optim, order, groups, steps)
         for g in range(idx_critic.shape[0]):
             if g == idx_critic.shape[0] // 2:
                 _maybe_fail(cfg, epoch, rank, world)
@@ -411,12 +445,7 @@ def train_loop(config: dict) -> None:
             metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
             logger.log(metrics, epoch)
             history.append(epoch)
-            print(
-                f"[galray] epoch {epoch}/{cfg.epochs}  {metrics['rows_per_second']:,.0f} rows/s  "
-                f"W={metrics['wasserstein']:.3f}  gp={metrics['gradient_penalty']:.3f}  "
-                f"val_ks_max={metrics['val_ks_max']:.3f}  det_bce={metrics['val_detection_bce']:.4f}",
-                flush=True,
-            )
+            print(_progress_line(metrics, epoch, cfg.epochs), flush=True)
             progress = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
             with tempfile.TemporaryDirectory() as tmp:
                 _save_checkpoint(Path(tmp), m, features, progress)

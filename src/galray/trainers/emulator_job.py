@@ -71,17 +71,20 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
 
 
 def emulator_from_checkpoint(path: str | Path, cfg: EmulatorTrainConfig, info: dict) -> Emulator:
-    """The generator and detection model of a training checkpoint as an :class:`Emulator`."""
-    from galray.models.emulator import ConditionalGenerator, DetectionModel
+    """The generator (or flow) and detection model of a training checkpoint as an
+    :class:`Emulator`."""
+    from galray.inference import build_generator
+    from galray.models.emulator import DetectionModel
 
     path = Path(path)
     features = EmulatorFeatures.from_json((path / CHECKPOINT_FEATURES).read_text())
     state = torch.load(path / CHECKPOINT_STATE, map_location="cpu", weights_only=False)
-    generator = ConditionalGenerator(features.n_cond, features.n_target, cfg.net)
+    flow = cfg.flow if cfg.model == "flow" else None
+    generator = build_generator(features, cfg.net, flow)
     detection = DetectionModel(features.n_cond, cfg.net)
     generator.load_state_dict(state["ema_generator" if cfg.optim.ema_decay > 0 else "generator"])
     detection.load_state_dict(state["detection"])
-    return Emulator(generator, detection, features, cfg.net, info)
+    return Emulator(generator, detection, features, cfg.net, info, flow)
 
 
 def _columns(cfg: EmulatorTrainConfig) -> list[str]:

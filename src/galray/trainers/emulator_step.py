@@ -1,7 +1,8 @@
 """The emulator's training step as plain torch: callable without Ray, benchmarked alone.
 
-One *group* is ``critic_steps`` WGAN-GP critic updates (each on its own batch of detected rows),
-one generator update and one detection-model update.  Everything stays on the device: batches are
+One *group* is, for the cWGAN-GP, ``critic_steps`` WGAN-GP critic updates (each on its own batch
+of detected rows), one generator update and one detection-model update; for the conditional
+flow, one maximum-likelihood update of the flow and one detection-model update.  Everything stays on the device: batches are
 gathered from resident tensors by index, noise is drawn on the device, metrics accumulate into
 device tensors and are read once per epoch.  The group therefore has no host synchronisation and
 can be captured whole as a CUDA graph (:class:`GroupRunner`), which removes the kernel-launch
@@ -31,14 +32,20 @@ from galray.models.emulator import (
     NetConfig,
     gradient_penalty,
 )
+from galray.models.flow import ConditionalFlow, FlowConfig
 
-METRIC_NAMES = ("critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "detection_bce")
+GAN_METRICS = ("critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "detection_bce")
+FLOW_METRICS = ("nll", "detection_bce")
+FLOW_BETAS = (0.9, 0.999)  # Adam's defaults: a likelihood needs no GAN-style low momentum
+FLOW_CLIP_NORM = 10.0  # rare outliers (blends) give huge likelihood gradients early on
 
 
 @dataclass
 class OptimConfig:
     """WGAN-GP optimisation (defaults from Gulrajani et al. 2017: lr 1e-4, Adam betas (0, 0.9),
-    5 critic steps per generator step, penalty weight 10).
+    5 critic steps per generator step, penalty weight 10).  The flow uses ``batch_size``,
+    ``lr_generator`` (its learning rate), the detection settings, ``ema_decay`` and ``warmdown``;
+    it trains with Adam's default betas and clips its gradient norm at 10.
 
     batch_size: rows per critic (and generator) batch, per worker.
     detection_batch_size: rows per detection-model batch (all rows, detected or not).
@@ -103,28 +110,45 @@ class DeviceData:
 
 @dataclass
 class EmulatorModules:
-    generator: ConditionalGenerator
-    critic: Critic
+    """Networks and optimisers of one emulator.  ``critic``/``opt_critic`` are ``None`` for the
+    flow, whose ``generator`` is a :class:`~galray.models.flow.ConditionalFlow`."""
+
+    generator: ConditionalGenerator | ConditionalFlow
+    critic: Critic | None
     detection: DetectionModel
     opt_generator: torch.optim.Optimizer
-    opt_critic: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer | None
     opt_detection: torch.optim.Optimizer
     ema_decay: float = 0.0
-    sums: torch.Tensor = field(init=False)  # running sums of METRIC_NAMES, plus a group count
-    ema_generator: ConditionalGenerator = field(init=False)
+    sums: torch.Tensor = field(init=False)  # running sums of metric_names, plus a group count
+    ema_generator: nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
         device = next(self.generator.parameters()).device
-        self.sums = torch.zeros(len(METRIC_NAMES) + 1, device=device)
+        self.sums = torch.zeros(len(self.metric_names) + 1, device=device)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
         self.ema_count = torch.zeros((), device=device)
-        self.base_lr = [
-            [float(g["lr"]) for g in o.param_groups]
-            for o in (self.opt_generator, self.opt_critic, self.opt_detection)
-        ]
+        self.base_lr = [[float(g["lr"]) for g in o.param_groups] for o in self.optimizers]
 
     @property
-    def exported_generator(self) -> ConditionalGenerator:
+    def is_flow(self) -> bool:
+        return self.critic is None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return FLOW_METRICS if self.is_flow else GAN_METRICS
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        return [n for n in (self.generator, self.critic, self.detection) if n is not None]
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = (self.opt_generator, self.opt_critic, self.opt_detection)
+        return [o for o in opts if o is not None]
+
+    @property
+    def exported_generator(self) -> nn.Module:
         """What validation and the saved model use: the EMA generator if enabled."""
         return self.ema_generator if self.ema_decay > 0 else self.generator
 
@@ -143,35 +167,31 @@ class EmulatorModules:
     def set_lr_scale(self, scale: float) -> None:
         """Multiply every optimiser's base learning rate by ``scale`` (in place, so a captured
         CUDA graph, which reads a tensor learning rate, sees it)."""
-        for opt, bases in zip(
-            (self.opt_generator, self.opt_critic, self.opt_detection), self.base_lr
-        ):
+        for opt, bases in zip(self.optimizers, self.base_lr):
             for group, base in zip(opt.param_groups, bases):
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"].fill_(base * scale)
                 else:
                     group["lr"] = base * scale
 
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.state_dict(),
-            "critic": self.critic.state_dict(),
-            "detection": self.detection.state_dict(),
-            "opt_generator": self.opt_generator.state_dict(),
-            "opt_critic": self.opt_critic.state_dict(),
-            "opt_detection": self.opt_detection.state_dict(),
-            "ema_generator": self.ema_generator.state_dict(),
-            "ema_count": self.ema_count,
+    def _parts(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
+        parts = {
+            "generator": self.generator,
+            "critic": self.critic,
+            "detection": self.detection,
+            "opt_generator": self.opt_generator,
+            "opt_critic": self.opt_critic,
+            "opt_detection": self.opt_detection,
+            "ema_generator": self.ema_generator,
         }
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def state_dict(self) -> dict:
+        return {k: v.state_dict() for k, v in self._parts().items()} | {"ema_count": self.ema_count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.critic.load_state_dict(state["critic"])
-        self.detection.load_state_dict(state["detection"])
-        self.opt_generator.load_state_dict(state["opt_generator"])
-        self.opt_critic.load_state_dict(state["opt_critic"])
-        self.opt_detection.load_state_dict(state["opt_detection"])
-        self.ema_generator.load_state_dict(state["ema_generator"])
+        for name, part in self._parts().items():
+            part.load_state_dict(state[name])
         self.ema_count.copy_(state["ema_count"])
 
     def pop_metrics(self) -> dict[str, float]:
@@ -179,16 +199,28 @@ class EmulatorModules:
         sums = self.sums.detach().cpu().tolist()
         self.sums.zero_()
         count = max(sums[-1], 1.0)
-        return {name: s / count for name, s in zip(METRIC_NAMES, sums[:-1])}
+        return {name: s / count for name, s in zip(self.metric_names, sums[:-1])}
 
 
 def build_modules(
-    n_cond: int, n_target: int, net: NetConfig, opt: OptimConfig, device: torch.device, seed: int
+    n_cond: int,
+    n_target: int,
+    net: NetConfig,
+    opt: OptimConfig,
+    device: torch.device,
+    seed: int,
+    flow: FlowConfig | None = None,
 ) -> EmulatorModules:
-    """Networks and optimisers, initialised identically on every rank for a given seed."""
+    """Networks and optimisers, initialised identically on every rank for a given seed.
+    flow: build the conditional flow of that shape instead of the cWGAN-GP (``net`` then only
+    shapes the detection model)."""
     torch.manual_seed(seed)
-    generator = ConditionalGenerator(n_cond, n_target, net).to(device)
-    critic = Critic(n_cond, n_target, net).to(device)
+    if flow is not None:
+        generator = ConditionalFlow(n_cond, n_target, flow).to(device)
+        critic = None
+    else:
+        generator = ConditionalGenerator(n_cond, n_target, net).to(device)
+        critic = Critic(n_cond, n_target, net).to(device)
     detection = DetectionModel(n_cond, net).to(device)
     # capturable Adam keeps its step count on the device, as CUDA-graph replay requires
     capturable = device.type == "cuda"
@@ -202,8 +234,8 @@ def build_modules(
         generator,
         critic,
         detection,
-        adam(generator.parameters(), opt.lr_generator, opt.betas),
-        adam(critic.parameters(), opt.lr_critic, opt.betas),
+        adam(generator.parameters(), opt.lr_generator, FLOW_BETAS if flow else opt.betas),
+        adam(critic.parameters(), opt.lr_critic, opt.betas) if critic is not None else None,
         adam(detection.parameters(), opt.lr_detection, (0.9, 0.999)),
         ema_decay=opt.ema_decay,
     )
@@ -231,19 +263,41 @@ class GradientSync:
 def train_group(
     m: EmulatorModules,
     data: DeviceData,
-    idx_critic: torch.Tensor,  # [critic_steps, B] rows of the detected set
+    idx_critic: torch.Tensor,  # [steps, B] rows of the detected set
     idx_det: torch.Tensor,  # [Bd] rows of the full set
     opt: OptimConfig,
     sync: GradientSync,
 ) -> None:
-    """One group of updates; accumulates metrics into ``m.sums``.  No host synchronisation."""
+    """One group of updates; accumulates metrics into ``m.sums``.  No host synchronisation.
+    The flow uses the last row of ``idx_critic`` (it is drawn with one step per group)."""
+    losses = (
+        _flow_update(m, data, idx_critic[-1], sync)
+        if m.is_flow
+        else _gan_updates(m, data, idx_critic, opt, sync)
+    )
+    logits = m.detection(data.cond_all[idx_det])
+    bce = F.binary_cross_entropy_with_logits(logits, data.label[idx_det])
+    m.opt_detection.zero_grad(set_to_none=False)
+    bce.backward()
+    sync(m.detection)
+    m.opt_detection.step()
+
+    with torch.no_grad():
+        one = torch.ones((), device=bce.device)
+        m.sums += torch.stack([*losses, bce, one]).detach()
+
+
+def _gan_updates(
+    m: EmulatorModules, data: DeviceData, idx: torch.Tensor, opt: OptimConfig, sync: GradientSync
+) -> list[torch.Tensor]:
+    """``critic_steps`` WGAN-GP critic updates, then one generator update."""
     gen, critic = m.generator, m.critic
-    steps, batch = idx_critic.shape
+    steps, batch = idx.shape
     noise_dim = gen.noise_dim
     device = data.cond_det.device
     for k in range(steps):
-        cond = data.cond_det[idx_critic[k]]  # [B, C]
-        real = data.target[idx_critic[k]]  # [B, Y]
+        cond = data.cond_det[idx[k]]  # [B, C]
+        real = data.target[idx[k]]  # [B, Y]
         with torch.no_grad():
             fake = gen(torch.randn(batch, noise_dim, device=device), cond)
         scores = critic(torch.cat([real, fake]), torch.cat([cond, cond]))
@@ -257,24 +311,29 @@ def train_group(
         m.opt_critic.step()
 
     # the generator's loss is the critic's score alone: nothing that shrinks its variance
-    cond = data.cond_det[idx_critic[-1]]
+    cond = data.cond_det[idx[-1]]
     g_loss = -critic(gen(torch.randn(batch, noise_dim, device=device), cond), cond).mean()
     m.opt_generator.zero_grad(set_to_none=False)
     g_loss.backward()
     sync(gen)
     m.opt_generator.step()
     m.update_ema()
+    return [loss, wasserstein, gp, g_loss]
 
-    logits = m.detection(data.cond_all[idx_det])
-    bce = F.binary_cross_entropy_with_logits(logits, data.label[idx_det])
-    m.opt_detection.zero_grad(set_to_none=False)
-    bce.backward()
-    sync(m.detection)
-    m.opt_detection.step()
 
-    with torch.no_grad():
-        one = torch.ones((), device=device)
-        m.sums += torch.stack([loss, wasserstein, gp, g_loss, bce, one]).detach()
+def _flow_update(
+    m: EmulatorModules, data: DeviceData, idx: torch.Tensor, sync: GradientSync
+) -> list[torch.Tensor]:
+    """One maximum-likelihood step of the flow on the detected rows ``idx`` [B]."""
+    nll = -m.generator.log_prob(data.target[idx], data.cond_det[idx]).mean()
+    m.opt_generator.zero_grad(set_to_none=False)
+    nll.backward()
+    sync(m.generator)
+    # foreach clipping scales on the device: no host synchronisation
+    torch.nn.utils.clip_grad_norm_(m.generator.parameters(), FLOW_CLIP_NORM, foreach=True)
+    m.opt_generator.step()
+    m.update_ema()
+    return [nll]
 
 
 class GroupRunner:
@@ -321,24 +380,35 @@ class GroupRunner:
             train_group(*args)
 
 
+def steps_per_group(opt: OptimConfig, flow: bool) -> int:
+    """Batches of detected rows one group consumes: ``critic_steps`` for the GAN, 1 for a flow."""
+    return 1 if flow else opt.critic_steps
+
+
 def epoch_indices(
-    data: DeviceData, opt: OptimConfig, generator: torch.Generator, groups: int | None = None
+    data: DeviceData,
+    opt: OptimConfig,
+    generator: torch.Generator,
+    groups: int | None = None,
+    steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A shuffled epoch: ``[groups, critic_steps, B]`` detected-row indices and
-    ``[groups, Bd]`` all-row indices (drawn with replacement).
+    """A shuffled epoch: ``[groups, steps, B]`` detected-row indices and ``[groups, Bd]``
+    all-row indices (drawn with replacement).  ``steps`` defaults to ``opt.critic_steps``
+    (see :func:`steps_per_group`).
 
     ``groups`` defaults to as many as the local rows allow; with several ranks pass the minimum
     over ranks, since every rank must run the same number of collectives."""
     device = data.cond_det.device
-    per_group = opt.critic_steps * opt.batch_size
+    steps = opt.critic_steps if steps is None else steps
+    per_group = steps * opt.batch_size
     groups = data.n_detected // per_group if groups is None else groups
     if groups == 0:
         raise ValueError(
             f"{data.n_detected} detected rows on this worker: fewer than one group of "
-            f"critic_steps x batch_size = {per_group}; lower optim.batch_size"
+            f"{steps} x batch_size = {per_group}; lower optim.batch_size"
         )
     perm = torch.randperm(data.n_detected, generator=generator, device="cpu").to(device)
-    idx_critic = perm[: groups * per_group].view(groups, opt.critic_steps, opt.batch_size)
+    idx_critic = perm[: groups * per_group].view(groups, steps, opt.batch_size)
     idx_det = torch.randint(
         data.n_rows, (groups, opt.detection_batch_size), generator=generator, device="cpu"
     ).to(device)
@@ -360,8 +430,9 @@ def run_epoch(
     generator: torch.Generator,
     groups: int | None = None,
 ) -> int:
-    """Train one epoch; returns the rows the critic consumed."""
-    idx_critic, idx_det = epoch_indices(data, opt, generator, groups)
+    """Train one epoch; returns the rows the critic (or the flow) consumed."""
+    steps = steps_per_group(opt, runner.m.is_flow)
+    idx_critic, idx_det = epoch_indices(data, opt, generator, groups, steps)
     for g in range(idx_critic.shape[0]):
         runner(idx_critic[g], idx_det[g])
     return idx_critic.numel()

@@ -1,0 +1,182 @@
+"""The conditional-flow emulator without Ray: the flow is a normalised, invertible density that
+learns a known conditional distribution; it trains through the shared step, checkpoints, and
+travels in the same emulator bundle as the GAN."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from galray.config import load_config
+from galray.errors import ConfigError
+from galray.features import EmulatorFeatures
+from galray.inference import Emulator
+from galray.models.emulator import DetectionModel, NetConfig
+from galray.models.flow import SAMPLE_LIMIT, TAIL_BOUND, ConditionalFlow, FlowConfig
+from galray.trainers.emulator import EmulatorTrainConfig
+from galray.trainers.emulator_step import (
+    DeviceData,
+    GradientSync,
+    GroupRunner,
+    OptimConfig,
+    build_modules,
+    lr_scale,
+    run_epoch,
+)
+
+CPU = torch.device("cpu")
+SMALL = FlowConfig(transforms=2, bins=6, width=32, depth=2)
+
+
+def _toy(n=20_000, seed=0):
+    """y = (0.5 c0 + 0.3 e0,  y0^2 / 2 + 0.2 c1 + 0.2 e1): a conditional, non-Gaussian
+    (banana-shaped) joint density with known log-likelihood."""
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(n, 3, generator=g)
+    e = torch.randn(n, 2, generator=g)
+    y0 = 0.5 * cond[:, 0] + 0.3 * e[:, 0]
+    y1 = 0.5 * y0**2 + 0.2 * cond[:, 1] + 0.2 * e[:, 1]
+    return DeviceData(cond, torch.stack([y0, y1], 1), cond, (cond[:, 2] > 0).float())
+
+
+def _true_nll(data: DeviceData) -> float:
+    """Exact mean negative log-likelihood of the toy (a triangular map with unit Jacobian
+    determinant up to the two noise scales)."""
+    c, y = data.cond_all, data.target
+    r0 = (y[:, 0] - 0.5 * c[:, 0]) / 0.3
+    r1 = (y[:, 1] - 0.5 * y[:, 0] ** 2 - 0.2 * c[:, 1]) / 0.2
+    log_p = -0.5 * (r0**2 + r1**2) - math.log(2 * math.pi) - math.log(0.3 * 0.2)
+    return float(-log_p.mean())
+
+
+def test_flow_is_invertible_and_normalised():
+    torch.manual_seed(0)
+    flow = ConditionalFlow(3, 2, SMALL)
+    with torch.no_grad():
+        for p in flow.parameters():  # a non-trivial (non-identity) map
+            p.add_(0.3 * torch.randn_like(p))
+        cond = torch.randn(1, 3).expand(2000, 3)
+        z = torch.randn(2000, 2)
+        y = flow(z, cond)
+        # sampling is the inverse of the density's transform, except for the draws held at the
+        # sampling limit (|u| = SAMPLE_LIMIT x B in the soft-clipped coordinates)
+        u = y / (1 + y.abs() / TAIL_BOUND)
+        held = (u.abs() > SAMPLE_LIMIT * TAIL_BOUND * (1 - 1e-5)).any(1)
+        assert float(held.float().mean()) < 0.2
+        back = flow.flow(cond).transform(y)
+        torch.testing.assert_close(back[~held], z[~held], atol=1e-4, rtol=1e-4)
+        # the density integrates to one: over the whole real plane, done on a grid in the
+        # soft-clipped coordinates u = y / (1 + |y| / B), which map it onto (-B, B)^2
+        edge = TAIL_BOUND * (1 - 1e-4)
+        g = torch.linspace(-edge, edge, 400)
+        u = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        y = u / (1 - u.abs() / TAIL_BOUND)
+        dy_du = (1 - u.abs() / TAIL_BOUND).pow(-2).prod(-1)
+        density = flow.log_prob(y, cond[:1].expand(y.shape[0], 3)).exp() * dy_du
+        mass = float(density.sum() * (g[1] - g[0]) ** 2)
+    assert mass == pytest.approx(1.0, abs=0.005)
+
+
+def _robust_width(r: torch.Tensor) -> float:
+    return 1.4826 * float((r - r.median()).abs().median())
+
+
+def test_flow_learns_a_conditional_density():
+    data = _toy()
+    val = _toy(8_000, seed=1)
+    opt = OptimConfig(batch_size=256, lr_generator=3e-3, ema_decay=0.99, warmdown=0.3)
+    m = build_modules(3, 2, NetConfig(detection_width=16), opt, CPU, seed=0, flow=SMALL)
+    assert m.critic is None and m.is_flow
+    runner = GroupRunner(m, data, opt, GradientSync(1))
+    order = torch.Generator().manual_seed(0)
+
+    def val_nll() -> float:
+        with torch.no_grad():
+            return float(-m.exported_generator.log_prob(val.target, val.cond_all).mean())
+
+    untrained, epochs = val_nll(), 6
+    for epoch in range(epochs):
+        m.set_lr_scale(lr_scale(epoch / epochs, opt.warmdown))
+        run_epoch(runner, data, opt, order)
+    metrics = m.pop_metrics()
+    assert set(metrics) == {"nll", "detection_bce"}
+    trained, best = val_nll(), _true_nll(val)
+    assert untrained - best > 1.0  # the start is far from the truth ...
+    assert trained - best < 0.05  # ... and training closes the gap to within 0.05 nats
+    with torch.no_grad():  # samples: the right conditional mean, width and curvature
+        c = val.cond_all
+        y = m.exported_generator(torch.randn(c.shape[0], 2), c)
+    r0 = y[:, 0] - 0.5 * c[:, 0]
+    r1 = y[:, 1] - 0.5 * y[:, 0] ** 2 - 0.2 * c[:, 1]
+    u = y / (1 + y.abs() / TAIL_BOUND)
+    held = (u.abs() > SAMPLE_LIMIT * TAIL_BOUND * (1 - 1e-5)).any(1)
+    assert float(held.float().mean()) < 1e-3  # a trained flow rarely reaches the limit
+    for r, width in ((r0, 0.3), (r1, 0.2)):
+        assert abs(float(r.median())) < 0.02
+        assert _robust_width(r) == pytest.approx(width, rel=0.08)
+        assert float((r.abs() > 5 * width).float().mean()) < 0.005  # few spurious outliers
+
+
+def test_flow_modules_checkpoint_round_trip():
+    opt = OptimConfig(batch_size=64, lr_generator=1e-3)
+    m = build_modules(3, 2, NetConfig(detection_width=8), opt, CPU, seed=1, flow=SMALL)
+    data = _toy(1000)
+    run_epoch(GroupRunner(m, data, opt, GradientSync(1)), data, opt, torch.Generator())
+    state = m.state_dict()
+    assert "critic" not in state and "opt_critic" not in state
+    other = build_modules(3, 2, NetConfig(detection_width=8), opt, CPU, seed=2, flow=SMALL)
+    other.load_state_dict(state)
+    z, c = torch.randn(50, 2), torch.randn(50, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(other.generator(z, c), m.generator(z, c))
+        torch.testing.assert_close(other.ema_generator(z, c), m.ema_generator(z, c))
+    m.set_lr_scale(0.5)
+    assert m.opt_generator.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+
+def _rows(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = {f"true_mag_{b}": rng.uniform(19, 25, n) for b in "riz"}
+    rows["true_size"] = rng.uniform(0.2, 1.0, n)
+    for b in "riz":
+        rows[f"psf_fwhm_{b}"] = rng.uniform(0.8, 1.3, n)
+        rows[f"depth_{b}"] = rng.uniform(22.5, 24.5, n)
+        rows[f"obs_flux_{b}"] = 10 ** (-0.4 * (rows[f"true_mag_{b}"] - 30)) * rng.normal(1, 0.1, n)
+    rows["detected"] = rows["true_mag_i"] < rows["depth_i"]
+    return rows
+
+
+def test_flow_emulator_bundle_round_trip(tmp_path):
+    rows = _rows()
+    features = EmulatorFeatures.fit(rows)
+    net = NetConfig(detection_width=8, detection_depth=1)
+    torch.manual_seed(0)
+    flow = ConditionalFlow(features.n_cond, 3, SMALL)
+    emu = Emulator(flow, DetectionModel(features.n_cond, net), features, net, flow=SMALL)
+    assert emu.model == "flow"
+    out = emu.sample(rows, seed=5)
+    assert np.isfinite(out["obs_flux_i"][out["detected"]]).all()
+    again = Emulator.load(emu.save(tmp_path / "bundle"))
+    assert again.model == "flow" and again.flow == SMALL
+    for key, values in again.sample(rows, seed=5).items():
+        np.testing.assert_array_equal(values, out[key])
+    assert not np.array_equal(emu.sample(rows, seed=6)["obs_flux_i"], out["obs_flux_i"])
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("model=maf", "model: must be one of"),
+        ("flow.transforms=0", "flow.transforms: must be >= 1"),
+        ("flow.bins=1", "flow.bins: must be >= 2"),
+        ("flow.passes=1", "flow.passes: must be 0"),
+        ("flow.activation=tanh", "flow.activation: must be one of"),
+        ("flow.widht=3", "flow.widht: unknown field"),
+    ],
+)
+def test_flow_config_errors_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(EmulatorTrainConfig, None, ["data.survey=x", override])
