@@ -162,3 +162,63 @@ def test_bad_config_names_the_field(tmp_path, training_field):
     too_big = _config(tmp_path, training_field, **{"optim.crop_sizes": "[256]"})
     with pytest.raises(ConfigError, match=r"optim\.crop_sizes.*192x192"):
         load_training_field(too_big)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_sgan_runs_an_asha_sweep_and_scores_the_winner(
+    tmp_path, training_field, ray_session, monkeypatch, capsys
+):
+    """``galray tune sgan``: the same sweep machinery as the emulator's, on the SGAN's metric;
+    the winner is registered and evaluated by source extraction against the training image."""
+    import json
+
+    import yaml
+
+    from galray.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    train = _config(tmp_path, training_field, sample_every=0)
+    sweep = {
+        "train": {
+            "data": {"image": str(training_field)},
+            "net": {
+                "noise_channels": 8,
+                "gen_channels": [8, 8, 8, 8],
+                "stride1_layers": 1,
+                "critic_channels": [8, 8, 16, 16, 16],
+            },
+            "optim": {"batch_size": 4, "crop_sizes": [32, 64], "batches_per_epoch": 2},
+            "scaling": {"cpus_per_worker": 0.4},
+            "tracking": {"experiment": "tune-sgan", "registered_name": "sgan-tuned"},
+            "epochs": 2,
+            "sample_every": 0,
+            "sample_size": train.sample_size,
+            "storage_path": str(tmp_path / "runs"),
+        },
+        "search": {"optim.lr_generator": {"loguniform": [1.0e-4, 1.0e-3]}},
+        "tune": {
+            "num_samples": 2,
+            "max_concurrent_trials": 2,
+            "grace_period": 1,
+            "name": "sgan-sweep",
+            "storage_path": str(tmp_path / "sweeps"),
+        },
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["tune", "sgan", "--config", str(tmp_path / "sweep.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "best val_pixel_ks_max" in out and "models:/sgan-tuned@champion" in out
+    report = json.loads(
+        (tmp_path / "sweeps" / "sgan-sweep" / "best" / "report" / "report.json").read_text()
+    )
+    assert report["n_real"] > 0 and "ks_p_min" in report
+    model = load_deepfield_model("models:/sgan-tuned@champion")
+    assert model.generate(32, 32, seed=0).shape == (3, 32, 32)
+    client = mlflow.MlflowClient()
+    parent = client.search_runs(
+        [client.get_experiment_by_name("tune-sgan").experiment_id],
+        filter_string="tags.`galray.sweep` = 'sgan-sweep' and attributes.run_name = 'sgan-sweep'",
+    )
+    assert parent and "best_val_pixel_ks_max" in parent[0].data.metrics

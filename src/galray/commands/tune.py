@@ -6,7 +6,10 @@ import argparse
 
 from galray.cli import group
 
-_HELP = {"emulator": "search the emulator's hyperparameters (cWGAN-GP + detection model)"}
+_HELP = {
+    "emulator": "search the emulator's hyperparameters (cWGAN-GP or flow + detection model)",
+    "sgan": "search the deep-field SGAN's hyperparameters",
+}
 
 
 def register(sub, groups) -> None:
@@ -87,8 +90,18 @@ def print_summary(result) -> int:
         print(f"  registered as:  {model['registered_uri']}")
     report = model.get("report")
     if report:
-        print(
-            f"  fidelity (test split, {report['n_rows']:,} rows): c2st_auc="
-            f"{report['c2st_auc']:.3f}  ks_max={report['ks_max']:.3f}"
-        )
+        print(f"  fidelity:       {_fidelity(report)}  ({model.get('report_dir')})")
     return 0
+
+
+# the headline numbers of each trainer's report: the emulator's and the deep field's
+FIDELITY_KEYS = ("c2st_auc", "ks_max", "ks_p_min", "median_dmag_max", "count_ratio")
+
+
+def _fidelity(report: dict) -> str:
+    shown = [
+        f"{key}={report[key]:.3f}"
+        for key in FIDELITY_KEYS
+        if isinstance(report.get(key), int | float)
+    ]
+    return "  ".join(shown) or "see the report"

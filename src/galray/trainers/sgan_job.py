@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,38 +90,63 @@ def model_from_checkpoint(
     )
 
 
-def _trainer(cfg: SGANTrainConfig, field_ref, storage: str, name: str, mlflow_info: dict):
+def _trainer(
+    cfg: SGANTrainConfig,
+    field_ref,
+    storage: str,
+    name: str,
+    mlflow_info: dict,
+    *,
+    callbacks: Sequence = (),
+    keep_best: tuple[str, str] | None = None,
+):
+    """The ``TorchTrainer`` of one SGAN run.  callbacks: Ray Train ``UserCallback``s (a Tune
+    trial passes ``TuneReportCallback``).  keep_best: ``(metric, "min"|"max")`` keeps the best
+    checkpoint by that metric besides the latest (default: the two latest)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    keep = {}
+    if keep_best is not None:
+        keep = {"checkpoint_score_attribute": keep_best[0], "checkpoint_score_order": keep_best[1]}
     return TorchTrainer(
         train_loop,
         train_loop_config=to_dict(cfg) | {"_field": field_ref, "_mlflow": mlflow_info},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, **keep),
+            callbacks=list(callbacks),
         ),
     )
+
+
+def put_scaled_field(cfg: SGANTrainConfig, image: FieldImage) -> tuple[IntensityScaling, object]:
+    """The image's fitted intensity scaling, and the scaled image in Ray's object store (what
+    every worker crops from)."""
+    import ray
+
+    scaling = IntensityScaling.fit(image.data, cfg.data.intensity)
+    return scaling, ray.put(scaling.forward(image.data))
 
 
 def train_sgan(cfg: SGANTrainConfig, *, log=print) -> SGANTrainResult:
     """Train, save the generator bundle under ``storage_path/<run name>/sgan``, and log and
     register it in MLflow (unless ``tracking.enabled`` is false)."""
-    import ray
-
     t0 = time.perf_counter()
     _simulate_if_missing(cfg, log)
-    image = load_training_field(cfg)
-    scaling = IntensityScaling.fit(image.data, cfg.data.intensity)
+    image = load_training_field(cfg)  # bad input fails before Ray starts
     init_ray()
-    field_ref = ray.put(scaling.forward(image.data))
+    scaling, field_ref = put_scaled_field(cfg, image)
     storage = str(Path(cfg.storage_path).resolve())
 
     run_ctx, mlflow_info = contextlib.nullcontext(None), {}

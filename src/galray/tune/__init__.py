@@ -13,6 +13,7 @@ import importlib
 # trainer name -> "module:attribute" of its Tunable (imported only when used)
 TUNABLES = {
     "emulator": "galray.tune.emulator:EMULATOR",
+    "sgan": "galray.tune.sgan:SGAN",
 }
 
 
