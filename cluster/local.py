@@ -15,11 +15,12 @@ clusters (and other Ray instances) can share the machine.  The addresses go to `
 (checked against the recorded start time), never other Ray instances (``ray stop`` would stop
 every Ray process of the machine).  The MLflow store and DIR/shared are kept.
 
-Security: the dashboard / job server, the Ray client server and MLflow listen on 127.0.0.1 only;
-Ray's token authentication stays on (``RAY_AUTH_MODE=token``; the token is Ray's own,
+Security: the dashboard / job server and MLflow listen on 127.0.0.1 only (the end-to-end test
+checks it); Ray's token authentication stays on (``RAY_AUTH_MODE=token``; the token is Ray's own,
 ``~/.ray/auth_token`` unless ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` say otherwise).  Ray's
-internal gRPC ports (GCS, raylets, object managers, workers) listen on all interfaces -- Ray has
-no switch for that -- and accept only requests carrying the token.
+client server (on 127.0.0.1 and the node's address) and its internal gRPC ports (GCS, raylets,
+object managers, workers; all interfaces) are bound by Ray itself -- it has no switch for that --
+and accept only requests carrying the token.
 """
 
 from __future__ import annotations
@@ -276,6 +277,13 @@ def up(args: argparse.Namespace) -> int:
     # What every job driver and worker inherits from its raylet: the tracking server and the
     # folder every node can read and write (here, trivially, one local folder).
     node_env = env | {"MLFLOW_TRACKING_URI": tracking_uri, "GALRAY_SHARED": str(shared)}
+    # A job's entrypoint (`python jobs/...`) is found on the PATH the nodes start with: make it
+    # this interpreter (the environment galray is installed in), as a cluster's setup would,
+    # also when `up` runs from a shell whose virtualenv is not activated
+    bin_dir = str(Path(sys.executable).parent)
+    node_env["PATH"] = os.pathsep.join(
+        [bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)]
+    )
     # `down` means now: no 30 s drain of a throwaway node (Ray's default on SIGTERM)
     node_env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # Ray code that looks for "the" local cluster (no address given) finds several when other
