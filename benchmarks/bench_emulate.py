@@ -51,7 +51,7 @@ def make_model(root: Path, kind: str, width: int, depth: int) -> tuple[Path, dic
     cols = {c: inj[c].to_numpy() for c in inj.columns}
     features = EmulatorFeatures.fit(cols)
     net = NetConfig(width=width, depth=depth)
-    flow = FlowConfig() if kind == "flow" else None  # the configs' shape: 4 x 128 x 2, 8 bins
+    flow = FlowConfig() if kind == "flow" else None  # the default shape
     torch.manual_seed(0)
     emu = Emulator(
         build_generator(features, net, flow),
@@ -120,7 +120,7 @@ def main() -> None:
             if torch.cuda.is_available()
             else platform.processor() or "cpu"
         )
-        shape = "flow 4x128x2" if args.model == "flow" else f"MLP {args.width}x{args.depth}"
+        shape = "flow (defaults)" if args.model == "flow" else f"MLP {args.width}x{args.depth}"
         if args.model_only:
             rate = model_rate(model, cols, args.model_rows)
             print(f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  {shape}")

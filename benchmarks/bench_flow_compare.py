@@ -132,7 +132,9 @@ def train_galray(
     is_flow = kind == "flow"
     if is_flow:
         net = NetConfig(detection_width=64, detection_depth=2)
-        flow = FlowConfig(transforms=args.flow_transforms, width=args.flow_width, bins=8)
+        flow = FlowConfig(
+            transforms=args.flow_transforms, width=args.flow_width, passes=args.flow_passes
+        )
         opt = OptimConfig(batch_size=args.flow_batch, lr_generator=args.flow_lr, ema_decay=0.99)
     else:
         net = NetConfig(width=256, depth=3, noise_dim=8, detection_width=64, detection_depth=2)
@@ -225,7 +227,8 @@ def main() -> None:
     parser.add_argument("--flow-batch", type=int, default=1024)
     parser.add_argument("--flow-lr", type=float, default=2e-3)
     parser.add_argument("--flow-transforms", type=int, default=4)
-    parser.add_argument("--flow-width", type=int, default=128)
+    parser.add_argument("--flow-width", type=int, default=64)
+    parser.add_argument("--flow-passes", type=int, default=2, help="0: fully autoregressive")
     parser.add_argument("--gan-batch", type=int, default=512)
     parser.add_argument(
         "--flow-fractions",

@@ -112,6 +112,11 @@ class EmulatorFeatures:
         return len(self.bands)
 
     @property
+    def truth_columns(self) -> list[str]:
+        """The columns :meth:`decode_target` reads: the true magnitude of each band."""
+        return [schema.true_mag(b) for b in self.bands]
+
+    @property
     def softening_flux(self) -> float:
         return float(schema.mag_to_flux(self.softening_mag))
 

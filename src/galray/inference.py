@@ -95,6 +95,10 @@ class Emulator:
         ``psf_fwhm_b`` arcsec, ``depth_b`` AB).  Returns ``detected`` (bool), ``p_detected``, and
         ``obs_flux_b`` / ``obs_mag_b`` (NaN where not detected; mag NaN where flux <= 0).
         The same rows and seed give the same output.
+
+        Detection is drawn first and the generator runs on the detected rows only (a survey
+        detects a fraction of its injections); every row still consumes its own noise, so a
+        row's measurement does not depend on which other rows were detected.
         """
         columns = _as_columns(rows)
         cond_np = self.features.encode_cond(columns)
@@ -105,11 +109,15 @@ class Emulator:
         z = torch.randn(n, self.generator.noise_dim, generator=gen, device=device)
         u = torch.rand(n, generator=gen, device=device)
         p_det = torch.sigmoid(self.detection(cond).float())
-        y = self.generator(z, cond).float()
         detected = (u < p_det).cpu().numpy()
-        out = self.features.decode_target(y.cpu().numpy(), columns)
-        for values in out.values():
-            values[~detected] = np.nan
+        rows_det = torch.from_numpy(np.flatnonzero(detected)).to(device)
+        y = self.generator(z[rows_det], cond[rows_det]).float().cpu().numpy()
+        truth = {c: np.asarray(columns[c])[detected] for c in self.features.truth_columns}
+        decoded = self.features.decode_target(y, truth)
+        out = {}
+        for name, values in decoded.items():
+            out[name] = np.full(n, np.nan, dtype=values.dtype)
+            out[name][detected] = values
         return {"detected": detected, "p_detected": p_det.cpu().numpy(), **out}
 
     # ------------------------------------------------------------------ persistence

@@ -33,8 +33,6 @@ SURVEY = {
 MODEL_OVERRIDES = {
     "flow": [
         "model=flow",
-        "flow.transforms=4",
-        "flow.width=128",
         "optim.batch_size=512",
         "optim.lr_generator=0.002",
         "optim.ema_decay=0.99",

