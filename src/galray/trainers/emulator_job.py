@@ -128,42 +128,25 @@ def _trainer(
     callbacks: Sequence = (),
     keep_best: tuple[str, str] | None = None,
 ):
-    """The ``TorchTrainer`` of one training run.  callbacks: Ray Train ``UserCallback``s (a Tune
-    trial passes ``TuneReportCallback``).  keep_best: ``(metric, "min"|"max")`` keeps the best
-    checkpoint by that metric besides the latest (default: the two latest)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    """The ``TorchTrainer`` of one training run (see :func:`~galray.trainers.ray_run.
+    torch_trainer` for ``callbacks`` and ``keep_best``): the train split sharded across the
+    workers, the validation split whole on each."""
+    from galray.trainers.ray_run import torch_trainer
 
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker
-    checkpoint_config = ray.train.CheckpointConfig(num_to_keep=2)
-    if keep_best is not None:
-        checkpoint_config = ray.train.CheckpointConfig(
-            num_to_keep=2,
-            checkpoint_score_attribute=keep_best[0],
-            checkpoint_score_order=keep_best[1],
-        )
-    return TorchTrainer(
+    return torch_trainer(
         train_loop,
-        train_loop_config=to_dict(cfg) | {"_mlflow": mlflow_info},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker=resources,
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=checkpoint_config,
-            callbacks=list(callbacks),
-        ),
+        to_dict(cfg) | {"_mlflow": mlflow_info},
+        cfg.scaling,
+        name=name,
+        storage=storage,
+        max_failures=cfg.max_failures,
+        callbacks=callbacks,
+        keep_best=keep_best,
         datasets={
             "train": catalog.dataset("train", _columns(cfg)),
             "val": catalog.dataset("val", _columns(cfg)),
         },
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets_to_split=["train"],
     )
 
 
