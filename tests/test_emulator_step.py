@@ -260,3 +260,20 @@ def test_ema_generator_trails_the_trained_one():
         assert not torch.equal(e, g)  # ... but is not the trained weights
     assert m.exported_generator is m.ema_generator
     assert _modules(OptimConfig(ema_decay=0.0)).exported_generator is not None
+
+
+def test_sample_does_not_depend_on_the_network_block(monkeypatch):
+    """The networks run block by block on a CPU (cache-sized); the random numbers are drawn for
+    all rows first, so the output is the same for any block size -- empty batches included."""
+    import galray.inference as inference
+
+    rows = _rows()
+    emu = _emulator(rows)
+    reference = emu.sample(rows, seed=7)
+    for block in (1000, 4096, 1 << 20):
+        monkeypatch.setitem(inference.NETWORK_BLOCK, "cpu", block)
+        out = emu.sample(rows, seed=7)
+        for key, values in reference.items():
+            np.testing.assert_allclose(out[key], values, rtol=1e-6, equal_nan=True)
+    empty = emu.sample({k: v[:0] for k, v in rows.items()}, seed=7)
+    assert empty["detected"].shape == (0,) and empty["obs_mag_i"].shape == (0,)

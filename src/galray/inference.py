@@ -32,6 +32,10 @@ from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConf
 from galray.models.flow import ConditionalFlow, FlowConfig
 
 BUNDLE_VERSION = 1
+# Rows per network call when sampling on a CPU: a block's activations must stay in cache
+# (8192 rows sample ~1.9x faster than 65536 through an MLP 128x3 on one core).  Other devices
+# take the whole batch.
+NETWORK_BLOCK = {"cpu": 8_192}
 
 
 def build_generator(
@@ -106,19 +110,28 @@ class Emulator:
         device = self.device
         gen = torch.Generator(device=device).manual_seed(int(seed))
         cond = torch.from_numpy(cond_np).to(device)
+        # all random numbers first, then the networks block by block: the output does not
+        # depend on the block size
         z = torch.randn(n, self.generator.noise_dim, generator=gen, device=device)
         u = torch.rand(n, generator=gen, device=device)
-        p_det = torch.sigmoid(self.detection(cond).float())
+        p_det = self._blocks(lambda r: torch.sigmoid(self.detection(cond[r]).float()), n)
         detected = (u < p_det).cpu().numpy()
         rows_det = torch.from_numpy(np.flatnonzero(detected)).to(device)
-        y = self.generator(z[rows_det], cond[rows_det]).float().cpu().numpy()
+        y = self._blocks(
+            lambda r: self.generator(z[rows_det[r]], cond[rows_det[r]]).float(), len(rows_det)
+        )
         truth = {c: np.asarray(columns[c])[detected] for c in self.features.truth_columns}
-        decoded = self.features.decode_target(y, truth)
+        decoded = self.features.decode_target(y.cpu().numpy(), truth)
         out = {}
         for name, values in decoded.items():
             out[name] = np.full(n, np.nan, dtype=values.dtype)
             out[name][detected] = values
         return {"detected": detected, "p_detected": p_det.cpu().numpy(), **out}
+
+    def _blocks(self, fn, n: int) -> torch.Tensor:
+        """``fn(rows)`` over ``n`` rows in slices of :data:`NETWORK_BLOCK` rows, concatenated."""
+        step = NETWORK_BLOCK.get(self.device.type, n) or 1
+        return torch.cat([fn(slice(a, a + step)) for a in range(0, max(n, 1), step)])
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
