@@ -8,7 +8,7 @@ import argparse
 def register(sub, groups) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="simulate a small survey, train the emulator, emulate and evaluate (~3 min on CPU)",
+        help="simulate a small survey, train the emulator, emulate and evaluate (~1 min on CPU)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="galray-quickstart", help="where everything is written")
