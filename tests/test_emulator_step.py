@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -191,12 +193,74 @@ def test_features_encode_decode_round_trip():
     decoded = f.decode_target(y, {k: v[det] for k, v in rows.items()})
     for b in schema.BANDS:
         np.testing.assert_allclose(decoded[f"obs_flux_{b}"], rows[f"obs_flux_{b}"][det], rtol=1e-4)
-    moments = EmulatorFeatures.moments(f.raw_cond(rows))
-    again = EmulatorFeatures.from_moments(
-        f.bands, True, moments, EmulatorFeatures.moments(f.raw_target(rows, det))
+    # what ranks do: sum moments and histograms of their parts (here two halves), then fit
+    half = np.arange(len(det)) < len(det) // 2
+    parts = [{k: v[m] for k, v in rows.items()} for m in (half, ~half)]
+    probe = EmulatorFeatures(f.bands, True, [0.0], [1.0], [0.0], [1.0])
+    hist = sum(probe.target_histogram(p, p["detected"]) for p in parts)
+    probe = probe.with_whitening(hist)
+    again = probe.with_moments(
+        sum(EmulatorFeatures.moments(f.raw_cond(p)) for p in parts),
+        sum(EmulatorFeatures.moments(probe.whitened_target(p, p["detected"])) for p in parts),
     )
     np.testing.assert_allclose(again.cond_mean, f.cond_mean, rtol=1e-5)
     np.testing.assert_allclose(again.target_std, f.target_std, rtol=1e-4)
+    np.testing.assert_allclose(again.whiten_scale, f.whiten_scale, rtol=1e-9)
+
+
+def _heteroscedastic_rows(n=100_000, seed=0):
+    """Detected rows whose measured-minus-true spread grows 50x from bright to faint."""
+    rng = np.random.default_rng(seed)
+    rows = {f"true_mag_{b}": rng.uniform(18, 25, n) for b in schema.BANDS}
+    rows["true_size"] = rng.uniform(0.2, 2, n)
+    for b in schema.BANDS:
+        rows[f"psf_fwhm_{b}"] = rng.uniform(0.8, 1.2, n)
+        rows[f"depth_{b}"] = rng.uniform(23, 24, n)
+        x = rows[f"true_mag_{b}"] - rows[f"depth_{b}"]
+        sigma = 0.01 + 0.5 * 10 ** (0.4 * x)
+        mag = rows[f"true_mag_{b}"] + 0.02 + sigma * rng.standard_normal(n)
+        rows[f"obs_flux_{b}"] = schema.mag_to_flux(mag)
+    rows["detected"] = np.ones(n, bool)
+    return rows
+
+
+def test_whitening_equalises_the_width_of_bright_and_faint_rows():
+    rows = _heteroscedastic_rows()
+    bright, faint = rows["true_mag_i"] < 19, rows["true_mag_i"] > 24.5
+    plain = EmulatorFeatures.fit(rows, whiten=False).encode_target(rows, rows["detected"])
+    assert plain[faint, 1].std() > 30 * plain[bright, 1].std()  # what the networks saw before
+    f = EmulatorFeatures.fit(rows)
+    y = f.encode_target(rows, rows["detected"])
+    for sel in (bright, faint):
+        assert 0.85 < y[sel, 1].std() < 1.15
+        assert abs(np.median(y[sel, 1])) < 0.1
+    # the histogram's quartiles agree with exact ones, bin by bin
+    x = rows["true_mag_i"] - rows["depth_i"]
+    delta = f.raw_target(rows, rows["detected"])[:, 1]
+    grid = np.asarray(f.whiten_grid)
+    for centre in (-5.0, -2.0, 1.0):
+        sel = np.abs(x - centre) <= 0.25
+        q1, q2, q3 = np.percentile(delta[sel], [25, 50, 75])
+        g = int(np.flatnonzero(grid == centre)[0])
+        assert f.whiten_loc[1][g] == pytest.approx(q2, abs=0.02 * (q3 - q1))
+        assert f.whiten_scale[1][g] == pytest.approx((q3 - q1) / 1.349, rel=0.02)
+    decoded = f.decode_target(y, rows)
+    np.testing.assert_allclose(decoded["obs_flux_z"], rows["obs_flux_z"], rtol=1e-4)
+
+
+def test_features_saved_before_whitening_still_decode_the_same():
+    rows = _rows()
+    f = EmulatorFeatures.fit(rows, whiten=False)
+    old = json.loads(f.to_json())
+    for key in ("whiten_grid", "whiten_loc", "whiten_scale"):
+        del old[key]
+    g = EmulatorFeatures.from_json(json.dumps(old))
+    assert not g.whitened and g.truth_columns == [f"true_mag_{b}" for b in schema.BANDS]
+    y = np.random.default_rng(1).standard_normal((50, 3)).astype(np.float32)
+    some = {k: v[:50] for k, v in rows.items()}
+    assert g.decode_target(y, some)["obs_mag_r"].tolist() == (
+        f.decode_target(y, some)["obs_mag_r"].tolist()
+    )
 
 
 def _emulator(rows):

@@ -40,6 +40,7 @@ from galray.trainers.emulator_step import (
     lr_scale,
     steps_per_group,
 )
+from galray.trainers.ray_run import use_torch_threads
 
 MODELS = ("gan", "flow")
 
@@ -102,12 +103,16 @@ class ScalingConfig:
     """num_workers: Ray Train workers (DDP ranks).  use_gpu: give each worker a GPU.
     cpus_per_worker: CPU share of each worker (0.5 lets 2 workers share 2 cores with Ray Data).
     gpus_per_worker: GPU share of each worker when ``use_gpu`` (a fraction, e.g. 0.25, lets
-    several Tune trials share one GPU)."""
+    several Tune trials share one GPU).  torch_threads: threads of each worker's torch CPU
+    operations once its data is read (default: Ray's, one per whole CPU reserved).  On a
+    machine of its own, ``cpus_per_worker: 1`` with ``torch_threads`` = its cores trains on all
+    of them while leaving Ray Data a CPU to read with."""
 
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -118,6 +123,11 @@ class ScalingConfig:
             0 < self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
             "scaling.gpus_per_worker",
             f"must be a fraction in (0, 1] or a whole number, got {self.gpus_per_worker}",
+        )
+        require(
+            self.torch_threads is None or self.torch_threads >= 1,
+            "scaling.torch_threads",
+            f"must be >= 1, got {self.torch_threads}",
         )
 
 
@@ -146,6 +156,8 @@ class EmulatorTrainConfig:
     fidelity report on the test split at the end.  report_every: epochs between reports
     (metrics, validation, checkpoint); raise it when epochs take well under a second.
     time_budget_s: stop after the epoch in which this much training time has been spent.
+    whiten_targets: divide each band's measured-minus-true by its median and spread at the row's
+    brightness relative to the depth (:mod:`galray.features`) before the networks see it.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(survey="survey"))
@@ -164,6 +176,7 @@ class EmulatorTrainConfig:
     eval_rows: int = 50_000
     report_every: int = 1
     time_budget_s: float | None = None
+    whiten_targets: bool = True
     debug_fail_at_epoch: int | None = None  # fault injection for tests: kill a worker once
 
     def __post_init__(self) -> None:
@@ -204,15 +217,18 @@ def _all_reduce_np(x: np.ndarray, device: torch.device, op=None) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def fit_features(columns, bands, use_size, device) -> EmulatorFeatures:
-    """Standardisation from moments summed over every rank (identical on all ranks)."""
+def fit_features(columns, bands, use_size, device, whiten: bool = True) -> EmulatorFeatures:
+    """Standardisation (and the targets' whitening, see :mod:`galray.features`) from moments and
+    histograms summed over every rank, so every rank encodes rows identically and the result
+    does not depend on how rows are split between ranks."""
     probe = EmulatorFeatures(list(bands), use_size, [0.0], [1.0], [0.0], [1.0])
     det = columns["detected"].astype(bool)
-    cond_m = EmulatorFeatures.moments(probe.raw_cond(columns))
-    target_m = EmulatorFeatures.moments(probe.raw_target(columns, det))
-    cond_m = _all_reduce_np(cond_m, device)
-    target_m = _all_reduce_np(target_m, device)
-    return EmulatorFeatures.from_moments(bands, use_size, cond_m, target_m)
+    cond_m = _all_reduce_np(EmulatorFeatures.moments(probe.raw_cond(columns)), device)
+    if whiten:
+        histogram = _all_reduce_np(probe.target_histogram(columns, det), device)
+        probe = probe.with_whitening(histogram)
+    target_m = EmulatorFeatures.moments(probe.whitened_target(columns, det))
+    return probe.with_moments(cond_m, _all_reduce_np(target_m, device))
 
 
 def to_device_data(columns, features: EmulatorFeatures, device: torch.device) -> DeviceData:
@@ -358,7 +374,8 @@ def train_loop(config: dict) -> None:
     columns = materialize(
         ray.train.get_dataset_shard("train"), _columns_needed(bands, cfg.data.use_size)
     )
-    features = fit_features(columns, bands, cfg.data.use_size, device)
+    use_torch_threads(cfg.scaling)
+    features = fit_features(columns, bands, cfg.data.use_size, device, cfg.whiten_targets)
     data = to_device_data(columns, features, device)
     is_flow = cfg.model == "flow"
     steps = steps_per_group(cfg.optim, is_flow)
