@@ -191,6 +191,21 @@ def test_bad_config_names_the_field(survey, tmp_path):
         load_config(EmulatorTrainConfig, None, ["data.survey=null"])
 
 
+def test_workers_that_leave_ray_data_no_cpu_are_refused_before_anything_is_logged(
+    survey, tmp_path, ray_session, monkeypatch
+):
+    """On this 2-CPU instance, a worker reserving both CPUs would wait forever for its data."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    total = ray_session.cluster_resources()["CPU"]
+    cfg = _config(survey, tmp_path, **{"scaling.cpus_per_worker": total})
+    with pytest.raises(ConfigError, match=r"scaling\.cpus_per_worker.*wait forever"):
+        train_emulator(cfg, log=lambda *_: None)
+    assert not (tmp_path / "runs").exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert [e.name for e in client.search_experiments()] == ["Default"]  # no run, no experiment
+
+
 def test_missing_model_uri_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ModelNotFoundError, match="models:/nope@champion"):

@@ -27,6 +27,7 @@ from galray.trainers.emulator import (
     EmulatorTrainConfig,
     train_loop,
 )
+from galray.trainers.ray_run import check_room_for_data
 
 
 @dataclass
@@ -162,6 +163,7 @@ def train_emulator(cfg: EmulatorTrainConfig, *, log=print) -> TrainResult:
     _simulate_if_missing(cfg, log)
     catalog = open_catalog(cfg)
     init_ray()
+    check_room_for_data(cfg.scaling, reads_data=True)  # before anything is logged
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage = str(Path(cfg.storage_path).resolve())

@@ -3,7 +3,40 @@ failure and checkpoint settings (used by the emulator and SGAN drivers and by Tu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+
+from galray.errors import ConfigError
+
+# CPUs a Ray Data read task asks for (its default): a local instance must keep this much free
+DATA_TASK_CPUS = 1.0
+
+
+def use_torch_threads(scaling) -> None:
+    """Inside a worker: ``scaling.torch_threads`` torch CPU threads, when set."""
+    if scaling.torch_threads:
+        import torch
+
+        torch.set_num_threads(int(scaling.torch_threads))
+
+
+def check_room_for_data(scaling, *, reads_data: bool) -> None:
+    """On a fixed-size local Ray instance (no ``RAY_ADDRESS``: galray started it), refuse a
+    worker group that would leave Ray Data no CPU to read with -- the job would wait forever."""
+    import ray
+
+    if not reads_data or os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+        return
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    taken = scaling.num_workers * scaling.cpus_per_worker
+    if total and total - taken < DATA_TASK_CPUS:
+        raise ConfigError(
+            f"scaling.cpus_per_worker: {scaling.num_workers} worker(s) x "
+            f"{scaling.cpus_per_worker:g} CPUs leave {max(total - taken, 0):g} of this Ray "
+            f"instance's {total:g} CPUs, and reading the data needs {DATA_TASK_CPUS:g} free: "
+            "training would wait forever.  Reserve less per worker (scaling.torch_threads "
+            "lets a worker still compute on more cores once its data is read)."
+        )
 
 
 def torch_trainer(
@@ -31,6 +64,7 @@ def torch_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    check_room_for_data(scaling, reads_data=bool(datasets))
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker

@@ -29,6 +29,7 @@ from galray.deepfield.scaling import IntensityConfig
 from galray.models.sgan import SGANNetConfig
 from galray.trainers.emulator import ScalingConfig, _all_reduce_np, _MlflowEpochLogger
 from galray.trainers.emulator_step import GradientSync, lr_scale
+from galray.trainers.ray_run import use_torch_threads
 from galray.trainers.sgan_step import (
     SGANModules,
     SGANOptimConfig,
@@ -243,6 +244,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     image = _load_image(field_ref, device)
+    use_torch_threads(cfg.scaling)
 
     m = build_sgan_modules(
         cfg.net,
