@@ -18,12 +18,14 @@ Results (2026-11-24, 2-vCPU Intel Xeon VM, no GPU, Ray 2.60.0, torch 2.13 CPU; 5
 galaxies x 20 realizations = 10M rows, nside 512)::
 
                                   GAN (MLP 128x3)    flow (defaults)
-    roofline (read->numpy->write)   1,169,271 rows/s   1,237,532 rows/s
-    model only (Emulator.sample)      557,224 rows/s     215,563 rows/s
-    end to end (galray emulate)       663,295 rows/s     216,318 rows/s
-    end to end / roofline                0.57               0.17
-    peak worker RSS, K=1 / K=20      650 / 651 MB
+    roofline (read->numpy->write)   1,134,725 rows/s   1,237,532 rows/s
+    model only (Emulator.sample)      482,132 rows/s     215,563 rows/s
+    end to end (galray emulate)       654,537 rows/s     216,318 rows/s
+    end to end / roofline                0.58               0.17
+    peak worker RSS, K=1 / K=20      638 / 660 MB
 
+The GAN column is with whitened targets (each row's decode interpolates a location and scale:
+model-only 557k rows/s before, end to end unchanged); the flow column predates whitening.
 Before the networks ran in cache-sized blocks and the generator on detected rows only, the GAN
 ran end to end at 357k rows/s (0.31 of the roofline).  The flow is bound by its spline
 arithmetic on a CPU (zuko's bin softmax is half its time); torch.compile makes it 2.4x faster
