@@ -40,7 +40,7 @@ from galray.trainers.emulator_step import (
     lr_scale,
     steps_per_group,
 )
-from galray.trainers.ray_run import use_torch_threads
+from galray.trainers.ray_run import use_torch_threads, worker_print
 
 MODELS = ("gan", "flow")
 
@@ -462,7 +462,7 @@ def train_loop(config: dict) -> None:
             metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
             logger.log(metrics, epoch)
             history.append(epoch)
-            print(_progress_line(metrics, epoch, cfg.epochs), flush=True)
+            worker_print(_progress_line(metrics, epoch, cfg.epochs))
             progress = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
             with tempfile.TemporaryDirectory() as tmp:
                 _save_checkpoint(Path(tmp), m, features, progress)

@@ -4,12 +4,22 @@ failure and checkpoint settings (used by the emulator and SGAN drivers and by Tu
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 from galray.errors import ConfigError
 
 # CPUs a Ray Data read task asks for (its default): a local instance must keep this much free
 DATA_TASK_CPUS = 1.0
+
+
+def worker_print(line: str) -> None:
+    """One progress line from a Train worker to the job's console, once.  Ray Train patches
+    ``print`` in its workers to go through the root logger *and*, because the worker's
+    ``sys.stdout`` is wrapped, to the stream as well, so a plain ``print`` reaches the driver
+    twice; the process's own stdout is forwarded once."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
 
 
 def use_torch_threads(scaling) -> None:

@@ -29,7 +29,7 @@ from galray.deepfield.scaling import IntensityConfig
 from galray.models.sgan import SGANNetConfig
 from galray.trainers.emulator import ScalingConfig, _all_reduce_np, _MlflowEpochLogger
 from galray.trainers.emulator_step import GradientSync, lr_scale
-from galray.trainers.ray_run import use_torch_threads
+from galray.trainers.ray_run import use_torch_threads, worker_print
 from galray.trainers.sgan_step import (
     SGANModules,
     SGANOptimConfig,
@@ -320,11 +320,10 @@ def train_loop(config: dict) -> None:
                     artifact_file=f"samples/epoch_{epoch:06d}.png",
                 )
             history.append(epoch)
-            print(
+            worker_print(
                 f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
                 f"D={metrics['critic_loss']:.3f}  G={metrics['generator_loss']:.3f}  "
-                f"pixel_ks_max={metrics['val_pixel_ks_max']:.3f}",
-                flush=True,
+                f"pixel_ks_max={metrics['val_pixel_ks_max']:.3f}"
             )
             progress = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
             with tempfile.TemporaryDirectory() as tmp:
