@@ -32,7 +32,7 @@ the same whitening.  ``w_b`` is then standardised as before.  Everything else in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -51,6 +51,8 @@ WHITEN_GRID = np.arange(-12.0, 6.0 + 1e-9, 0.5)
 HIST_SOFTENING = 1e-3
 HIST_RANGE = 10.0
 HIST_BINS = 2048
+_HIST_U_MAX = float(np.arcsinh(HIST_RANGE / HIST_SOFTENING))
+_HIST_U_EDGES = np.linspace(-_HIST_U_MAX, _HIST_U_MAX, HIST_BINS + 1)
 MIN_BIN_ROWS = 200
 MIN_SCALE = 1e-4  # mag
 
@@ -108,19 +110,21 @@ class EmulatorFeatures:
         bands: Sequence[str] = schema.BANDS,
         use_size=True,
         whiten: bool = True,
+        reduce: Callable[[np.ndarray], np.ndarray] = lambda x: x,
     ) -> EmulatorFeatures:
         """Standardisation (and whitening) fitted on training rows (targets on the detected
-        ones): the one-process form of the moment and histogram sums that ranks all-reduce."""
+        ones) from moments and histograms.  ``reduce`` sums those over data-parallel ranks (an
+        all-reduce), so every rank gets the same encoding whatever the split of rows."""
         probe = cls(list(bands), use_size, [0.0], [1.0], [0.0], [1.0])
         det = np.asarray(columns["detected"], dtype=bool)
-        if not det.any():
+        if not reduce(np.array([float(det.sum())]))[0]:
             raise DataError(
                 "training data: no detected rows, so observed magnitudes cannot be learned"
             )
-        cond_m = cls.moments(probe.raw_cond(columns))
+        cond_m = reduce(cls.moments(probe.raw_cond(columns)))
         if whiten:
-            probe = probe.with_whitening(probe.target_histogram(columns, det))
-        target_m = cls.moments(probe.whitened_target(columns, det))
+            probe = probe.with_whitening(reduce(probe.target_histogram(columns, det)))
+        target_m = reduce(cls.moments(probe.whitened_target(columns, det)))
         return probe.with_moments(cond_m, target_m)
 
     @classmethod
@@ -155,12 +159,13 @@ class EmulatorFeatures:
     def whitened(self) -> bool:
         return self.whiten_loc is not None
 
-    def brightness(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        """``[N, Y]`` float64: ``true_mag_b - depth_b``, what the whitening depends on."""
+    def brightness(self, columns: Mapping[str, np.ndarray], rows=slice(None)) -> np.ndarray:
+        """``[N, Y]`` float64: ``true_mag_b - depth_b`` of the selected rows, what the whitening
+        depends on."""
         return np.stack(
             [
-                np.asarray(columns[schema.true_mag(b)], np.float64)
-                - np.asarray(columns[f"depth_{b}"], np.float64)
+                np.asarray(columns[schema.true_mag(b)], np.float64)[rows]
+                - np.asarray(columns[f"depth_{b}"], np.float64)[rows]
                 for b in self.bands
             ],
             axis=1,
@@ -171,13 +176,13 @@ class EmulatorFeatures:
         ``x_b`` (nearest centre; beyond the grid, the end bin): sums over ranks."""
         rows = np.asarray(rows, dtype=bool)
         delta = self.raw_target(columns, rows)
-        x = self.brightness({c: np.asarray(v)[rows] for c, v in columns.items()})
+        x = self.brightness(columns, rows)
         n_grid = len(WHITEN_GRID)
         step = WHITEN_GRID[1] - WHITEN_GRID[0]
         g = np.clip(np.rint((x - WHITEN_GRID[0]) / step), 0, n_grid - 1).astype(np.int64)
-        u_max = np.arcsinh(HIST_RANGE / HIST_SOFTENING)
         u = np.arcsinh(delta / HIST_SOFTENING)
-        k = np.clip(((u + u_max) / (2 * u_max) * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+        k = (u + _HIST_U_MAX) / (2 * _HIST_U_MAX) * HIST_BINS
+        k = np.clip(k.astype(np.int64), 0, HIST_BINS - 1)
         out = np.empty((len(self.bands), n_grid, HIST_BINS))
         for j in range(len(self.bands)):
             flat = g[:, j] * HIST_BINS + k[:, j]
@@ -187,8 +192,6 @@ class EmulatorFeatures:
     def with_whitening(self, histogram: np.ndarray) -> EmulatorFeatures:
         """A copy whose targets are whitened by the location and scale read off ``histogram``
         (:meth:`target_histogram`, summed over ranks)."""
-        u_max = np.arcsinh(HIST_RANGE / HIST_SOFTENING)
-        u_edges = np.linspace(-u_max, u_max, HIST_BINS + 1)
         loc, scale = [], []
         for j, band in enumerate(self.bands):
             counts = histogram[j]  # [G, HIST_BINS]
@@ -201,7 +204,7 @@ class EmulatorFeatures:
                 ok = np.ones(len(n), bool)
             quant = np.full((len(n), 3), np.nan)
             for i in np.flatnonzero(ok):
-                quant[i] = HIST_SOFTENING * np.sinh(_histogram_quantiles(counts[i], u_edges))
+                quant[i] = HIST_SOFTENING * np.sinh(_histogram_quantiles(counts[i], _HIST_U_EDGES))
             centre = np.interp(WHITEN_GRID, WHITEN_GRID[ok], quant[ok, 1])
             width = np.maximum((quant[ok, 2] - quant[ok, 0]) / 1.349, MIN_SCALE)
             spread = np.exp(np.interp(WHITEN_GRID, WHITEN_GRID[ok], np.log(width)))
@@ -209,9 +212,11 @@ class EmulatorFeatures:
             scale.append(spread.tolist())
         return replace(self, whiten_grid=WHITEN_GRID.tolist(), whiten_loc=loc, whiten_scale=scale)
 
-    def _loc_scale(self, columns: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, Y]`` whitening location and scale (mag) of each row and band."""
-        x = self.brightness(columns)
+    def _loc_scale(
+        self, columns: Mapping[str, np.ndarray], rows=slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[N, Y]`` whitening location and scale (mag) of each selected row and band."""
+        x = self.brightness(columns, rows)
         grid = np.asarray(self.whiten_grid)
         loc = np.empty_like(x)
         scale = np.empty_like(x)
@@ -227,7 +232,7 @@ class EmulatorFeatures:
         delta = self.raw_target(columns, rows)
         if not self.whitened:
             return delta
-        loc, scale = self._loc_scale({c: np.asarray(v)[rows] for c, v in columns.items()})
+        loc, scale = self._loc_scale(columns, rows)
         return ((delta - loc) / scale).astype(np.float32)
 
     @staticmethod

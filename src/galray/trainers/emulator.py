@@ -221,14 +221,9 @@ def fit_features(columns, bands, use_size, device, whiten: bool = True) -> Emula
     """Standardisation (and the targets' whitening, see :mod:`galray.features`) from moments and
     histograms summed over every rank, so every rank encodes rows identically and the result
     does not depend on how rows are split between ranks."""
-    probe = EmulatorFeatures(list(bands), use_size, [0.0], [1.0], [0.0], [1.0])
-    det = columns["detected"].astype(bool)
-    cond_m = _all_reduce_np(EmulatorFeatures.moments(probe.raw_cond(columns)), device)
-    if whiten:
-        histogram = _all_reduce_np(probe.target_histogram(columns, det), device)
-        probe = probe.with_whitening(histogram)
-    target_m = EmulatorFeatures.moments(probe.whitened_target(columns, det))
-    return probe.with_moments(cond_m, _all_reduce_np(target_m, device))
+    return EmulatorFeatures.fit(
+        columns, bands, use_size, whiten, reduce=lambda x: _all_reduce_np(x, device)
+    )
 
 
 def to_device_data(columns, features: EmulatorFeatures, device: torch.device) -> DeviceData:
