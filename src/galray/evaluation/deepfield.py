@@ -147,8 +147,10 @@ def extract_sources(
     objects = objects[inside]
     x, y = objects["x"], objects["y"]
     a = np.maximum(objects["a"], 1e-3)
-    b = np.maximum(objects["b"], 1e-3)
-    theta = objects["theta"]
+    b = np.minimum(np.maximum(objects["b"], 1e-3), a)
+    # sep returns theta in float32: an object elongated along y can come back as pi/2 rounded
+    # up, outside the [-pi/2, pi/2] its aperture functions accept
+    theta = np.clip(objects["theta"].astype(np.float64), -np.pi / 2, np.pi / 2)
     frame = {"x": x, "y": y, "a": a, "b": b, "theta": theta, "npix": objects["npix"]}
     if len(objects) == 0:
         frame["kron_radius"] = np.empty(0)
