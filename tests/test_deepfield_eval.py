@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter
@@ -118,6 +119,33 @@ def test_compare_catalogs_on_known_samples():
     assert shifted["ks_p_min"] < 1e-3
     half = compare_catalogs(real, 10.0, catalog(1000), 10.0, ["r", "i"], mag_limits=27.0)
     assert half["count_ratio"] == pytest.approx(0.5, abs=0.08)
+
+
+def test_sampling_errors_match_the_scatter_between_independent_catalogs():
+    """The stated errors are what independent draws of the same population actually scatter
+    by: a median of n uniform(22, 28) values has sigma 6 / (2 sqrt(n)); a count, sqrt(n)."""
+    rng = np.random.default_rng(1)
+
+    def catalog(n):
+        return pd.DataFrame({"mag_i": rng.uniform(22, 28, rng.poisson(n))})
+
+    reports = [
+        compare_catalogs(catalog(2000), 10.0, catalog(2000), 10.0, ["i"], mag_limits=27.0)
+        for _ in range(40)
+    ]
+    expected = np.sqrt(2) * 6 / (2 * np.sqrt(2000))  # difference of two medians
+    errs = np.array([r["median_dmag_err_i"] for r in reports])
+    assert np.median(errs) == pytest.approx(expected, rel=0.15)
+    scatter = np.std([r["median_dmag_i"] for r in reports], ddof=1)
+    assert scatter == pytest.approx(expected, rel=0.35)
+    count_errs = np.array([r["count_ratio_err_i"] for r in reports])
+    assert np.median(count_errs) == pytest.approx(np.sqrt(2 / (2000 * 5 / 6)), rel=0.1)
+    assert all(r["median_dmag_max_sigma"] < 4 for r in reports)
+    shifted = compare_catalogs(
+        catalog(2000), 10.0, catalog(2000).assign(mag_i=lambda f: f.mag_i + 0.6), 10.0, ["i"],
+        mag_limits=27.0,
+    )  # fmt: skip
+    assert shifted["median_dmag_max_sigma"] > 5
 
 
 def test_evaluate_cli_writes_the_report_and_logs_to_mlflow(real_path, tmp_path, monkeypatch):

@@ -239,7 +239,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                 | {f"detection.{k}": v for k, v in vars(settings).items()}
             )
             log_report_to_mlflow(report, args.out)
-    keys = ("n_real", "n_generated", "ks_p_min", "median_dmag_max", "count_ratio", "meets_targets")
+    keys = (
+        "n_real",
+        "n_generated",
+        "ks_p_min",
+        "median_dmag_max",
+        "median_dmag_max_sigma",  # in units of the sampling error: the real field's own noise
+        "count_ratio",
+        "meets_targets",
+    )
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0
