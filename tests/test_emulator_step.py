@@ -171,14 +171,24 @@ def test_luptitude_round_trip_and_limit():
     assert luptitude(bright, b) == pytest.approx(20.0, abs=1e-4)  # = AB magnitude when bright
 
 
+def _truth_rows(n, rng, mags, sizes, psfs, depths, observe):
+    """Truth and conditions drawn uniformly in the given ranges; ``observe(band, rows)`` draws
+    each band's ``obs_flux`` right after its conditions."""
+    rows = {f"true_mag_{b}": rng.uniform(*mags, n) for b in schema.BANDS}
+    rows["true_size"] = rng.uniform(*sizes, n)
+    for b in schema.BANDS:
+        rows[f"psf_fwhm_{b}"] = rng.uniform(*psfs, n)
+        rows[f"depth_{b}"] = rng.uniform(*depths, n)
+        rows[f"obs_flux_{b}"] = observe(b, rows)
+    return rows
+
+
 def _rows(n=500, seed=0):
     rng = np.random.default_rng(seed)
-    rows = {f"true_mag_{b}": rng.uniform(19, 25, n) for b in schema.BANDS}
-    rows["true_size"] = rng.uniform(0.1, 1.5, n)
-    for b in schema.BANDS:
-        rows[f"psf_fwhm_{b}"] = rng.uniform(0.8, 1.3, n)
-        rows[f"depth_{b}"] = rng.uniform(22.5, 24.5, n)
-        rows[f"obs_flux_{b}"] = schema.mag_to_flux(rows[f"true_mag_{b}"]) * rng.normal(1, 0.1, n)
+    rows = _truth_rows(
+        n, rng, (19, 25), (0.1, 1.5), (0.8, 1.3), (22.5, 24.5),
+        lambda b, r: schema.mag_to_flux(r[f"true_mag_{b}"]) * rng.normal(1, 0.1, n),
+    )  # fmt: skip
     rows["detected"] = rng.random(n) < 0.7
     return rows
 
@@ -211,15 +221,13 @@ def test_features_encode_decode_round_trip():
 def _heteroscedastic_rows(n=100_000, seed=0):
     """Detected rows whose measured-minus-true spread grows 50x from bright to faint."""
     rng = np.random.default_rng(seed)
-    rows = {f"true_mag_{b}": rng.uniform(18, 25, n) for b in schema.BANDS}
-    rows["true_size"] = rng.uniform(0.2, 2, n)
-    for b in schema.BANDS:
-        rows[f"psf_fwhm_{b}"] = rng.uniform(0.8, 1.2, n)
-        rows[f"depth_{b}"] = rng.uniform(23, 24, n)
-        x = rows[f"true_mag_{b}"] - rows[f"depth_{b}"]
-        sigma = 0.01 + 0.5 * 10 ** (0.4 * x)
+
+    def observe(b, rows):
+        sigma = 0.01 + 0.5 * 10 ** (0.4 * (rows[f"true_mag_{b}"] - rows[f"depth_{b}"]))
         mag = rows[f"true_mag_{b}"] + 0.02 + sigma * rng.standard_normal(n)
-        rows[f"obs_flux_{b}"] = schema.mag_to_flux(mag)
+        return schema.mag_to_flux(mag)
+
+    rows = _truth_rows(n, rng, (18, 25), (0.2, 2), (0.8, 1.2), (23, 24), observe)
     rows["detected"] = np.ones(n, bool)
     return rows
 
