@@ -2,7 +2,7 @@
 
 Runs the plain training step (no Ray) on data resident on the device, eagerly and replayed from a
 CUDA graph, and prints rows/s and ratios: graph vs eager (same run) and vs the published cWGAN-GP
-code's 11.8k rows/s on an H100 (batch 200, 5 critic steps per generator step; DESIGN.md).
+code's 11.8k rows/s on an H100 (batch 200, 5 critic steps per generator step).
 
     python benchmarks/bench_emulator_step.py --batch-size 200 --critic-steps 5
     python benchmarks/bench_emulator_step.py --batch-size 200,1024,4096 --seconds 5

@@ -3,7 +3,7 @@
 Both sides do the same work on the same files: read every injection shard, look each galaxy's
 pixel up in the condition map (searchsorted), drop off-footprint rows, keep the train split
 (id hash) and end with one numpy array per column in the driver process.  The Ray side is the
-library path (``TrainingCatalog`` -> ``dataset("train")`` -> ``to_numpy``), including its
+library path (``TrainingCatalog`` -> ``dataset("train")`` -> blocks gathered into numpy), incl. its
 validation pre-pass; the baseline is the shortest honest pyarrow/numpy program.
 
 Usage::
@@ -127,11 +127,13 @@ def baseline(catalog: Path, maps: Path) -> dict[str, np.ndarray]:
 
 def ray_pipeline(catalog: Path, maps: Path) -> dict[str, np.ndarray]:
     """The library path: validate + count, lazy read -> join -> split, materialise to numpy."""
-    from galray.datasets.reader import TrainingCatalog, to_numpy
+    import ray
+
+    from galray.datasets.reader import TrainingCatalog
 
     training = TrainingCatalog(catalog, maps)
-    ds = training.dataset("train")
-    return to_numpy(ds, training.columns + training.condition_columns, order_by=None)
+    table = pa.concat_tables(ray.get(training.dataset("train").to_arrow_refs()))
+    return {c: table.column(c).to_numpy() for c in training.columns + training.condition_columns}
 
 
 def timed(fn, *args) -> tuple[float, dict[str, np.ndarray]]:

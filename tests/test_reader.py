@@ -1,19 +1,17 @@
-"""The Ray Data reader: condition join, footprint accounting, id split, normalisation statistics."""
+"""The Ray Data reader: condition join, footprint accounting, id split."""
 
 from __future__ import annotations
-
-import json
-import os
 
 import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from galray.datasets import reader, schema
 from galray.datasets.conditions import ConditionMap, read_condition_map
-from galray.datasets.reader import NormStats, TrainingCatalog, read_training_rows, to_numpy
+from galray.datasets.reader import TrainingCatalog
 from galray.datasets.split import SPLITS, SplitSpec, split_counts, split_uniform, splitmix64
 from galray.errors import ConfigError, DataError, FootprintError
 from galray.io import write_parquet
@@ -122,6 +120,14 @@ def expected_rows(table: pa.Table, full: dict, split: int | None = None):
     out.update({name: sky[out["pixel"]] for name, sky in full.items()})
     order = np.argsort(out["id"])
     return {c: v[order] for c, v in out.items()}
+
+
+def to_numpy(ds, columns: list[str]) -> dict[str, np.ndarray]:
+    """``columns`` of a Dataset as numpy arrays, rows sorted by id (Ray's block order varies)."""
+    wanted = list(dict.fromkeys([*columns, "id"]))
+    table = pa.concat_tables(ray.get(ds.select_columns(wanted).to_arrow_refs()))
+    order = np.argsort(table.column("id").to_numpy(), kind="stable")
+    return {c: table.column(c).to_numpy()[order] for c in columns}
 
 
 # --------------------------------------------------------------------------- condition maps
@@ -329,14 +335,10 @@ def test_split_is_the_same_for_any_sharding(ray_session, survey, tmp_path):
     spec = SplitSpec()
     shuffled = survey["table"].take(np.random.default_rng(5).permutation(N_ROWS))
     resharded = write_catalog(tmp_path / "resharded", shuffled, shards=5, row_group_size=1_500)
-    ids = {}
-    for split in SPLITS:
-        ds = read_training_rows(resharded, survey["maps"], split=split, max_outside_fraction=LOOSE)
-        ids[split] = to_numpy(ds, ["id"])["id"]
-    val = read_training_rows(
-        survey["catalog"], survey["maps"], split="val", max_outside_fraction=LOOSE
-    )
-    np.testing.assert_array_equal(to_numpy(val, ["id"])["id"], ids["val"])
+    training = TrainingCatalog(resharded, survey["maps"], max_outside_fraction=LOOSE)
+    ids = {split: to_numpy(training.dataset(split, ["id"]), ["id"])["id"] for split in SPLITS}
+    original = TrainingCatalog(survey["catalog"], survey["maps"], max_outside_fraction=LOOSE)
+    np.testing.assert_array_equal(to_numpy(original.dataset("val"), ["id"])["id"], ids["val"])
     inside = expected_rows(survey["table"], survey["full"])["id"]
     union = np.concatenate(list(ids.values()))
     assert union.size == np.unique(union).size == inside.size  # disjoint
@@ -344,57 +346,6 @@ def test_split_is_the_same_for_any_sharding(ray_session, survey, tmp_path):
     for k, split in enumerate(SPLITS):
         np.testing.assert_array_equal(ids[split], inside[spec.codes(inside) == k])
         assert abs(ids[split].size / inside.size - spec.fractions[k]) < 0.02
-
-
-def test_norm_stats_saved_reloaded_and_exact(ray_session, survey, tmp_path, monkeypatch):
-    catalog = write_catalog(tmp_path / "cat", survey["table"], shards=2)
-    training = TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE)
-    stats = training.norm_stats()
-    path = catalog / "norm_stats.json"
-    assert path.is_file() and json.loads(path.read_text())["split"] == "train"
-
-    train = expected_rows(survey["table"], survey["full"], split=0)
-    assert set(stats.columns) == set(training.feature_columns)
-    for name in training.feature_columns:
-        x = train[name].astype(np.float64)
-        x = x[np.isfinite(x)]
-        s = stats.columns[name]
-        assert s.count == x.size, name
-        assert (s.min, s.max) == (x.min(), x.max()), name
-        np.testing.assert_allclose([s.mean, s.std], [x.mean(), x.std()], rtol=1e-10, err_msg=name)
-    assert stats.detection_fraction == pytest.approx(train["detected"].mean(), rel=1e-12)
-    assert stats.columns["obs_mag_r"].count < stats.columns["obs_flux_r"].count  # NaN mags skipped
-
-    # Reused while the catalog is unchanged; recomputed once a shard changes.
-    def fail(*args, **kwargs):
-        raise AssertionError("recomputed")
-
-    monkeypatch.setattr(reader, "compute_norm_stats", fail)
-    again = TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE).norm_stats()
-    assert again == NormStats.from_json(stats.to_json())
-    shard = catalog / "part-00001.parquet"
-    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
-    with pytest.raises(AssertionError, match="recomputed"):
-        TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE).norm_stats()
-    other_salt = TrainingCatalog(catalog, survey["maps"], salt=1, max_outside_fraction=LOOSE)
-    assert other_salt.fingerprint() != training.fingerprint()
-
-
-def test_norm_stats_json_round_trip_and_bad_file(tmp_path):
-    stats = NormStats(
-        {
-            "a": reader.ColumnStats(1.5, 0.25, -1.0, 4.0, 10),
-            "b": reader.ColumnStats(*[float("nan")] * 4, 0),
-        },
-        {"catalog": [], "split": {"salt": 0}},
-    )
-    back = NormStats.from_json(stats.to_json())
-    assert back.columns["a"] == stats.columns["a"] and back.columns["b"].count == 0
-    assert np.isnan(back.columns["b"].mean)
-    bad = tmp_path / "norm_stats.json"
-    bad.write_text("{not json")
-    with pytest.raises(DataError, match=str(bad)):
-        NormStats.load(bad)
 
 
 def test_corrupt_data_page_raises_data_error_naming_file(ray_session, survey, tmp_path):

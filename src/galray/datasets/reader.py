@@ -22,18 +22,19 @@ datasource samples files in extra tasks before reading; on 1.7M rows x 2 cores b
 slower end to end than reading the pieces inside the join task (see benchmarks/bench_join.py),
 and a corrupt data page read here raises DataError naming the shard.
 
-:meth:`TrainingCatalog.norm_stats` computes per-column mean/std/min/max/count over the train split
-(finite values only) in one pass of the same fused pipeline, saves them as JSON next to the catalog and reloads
-them while the catalog, maps and split are unchanged, so training and inference standardise alike.
+The module computes no normalisation statistics.  Emulator training hands the train and val
+Datasets to Ray Train (train sharded over the workers); each worker reads its shard into numpy and
+standardises with :class:`~galray.emulator.features.EmulatorFeatures`, fitted inside the training
+loop from moments all-reduced over ranks (:func:`galray.emulator.loop.fit_features`), so every
+rank encodes rows alike; the fitted features travel in the emulator bundle to inference.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,9 @@ from galray.datasets import schema
 from galray.datasets.conditions import ConditionMap, read_condition_map
 from galray.datasets.split import DEFAULT_FRACTIONS, SplitSpec, split_index
 from galray.errors import DataError, FootprintError
-from galray.io import atomic_path, parquet_files
+from galray.io import parquet_files
 
 log = logging.getLogger(__name__)
-
-NORM_STATS_NAME = "norm_stats.json"
 
 
 @dataclass(frozen=True)
@@ -131,11 +130,6 @@ class TrainingCatalog:
     def condition_columns(self) -> list[str]:
         return list(self.conditions.columns)
 
-    @property
-    def feature_columns(self) -> list[str]:
-        """Numeric columns that get normalisation statistics, in a fixed order."""
-        return _feature_columns(self.columns, self.bands)
-
     def dataset(
         self, split: str | None = "train", columns: Sequence[str] | None = None
     ) -> ray.data.Dataset:
@@ -159,65 +153,10 @@ class TrainingCatalog:
         ds.context.raise_original_map_exception = True
         return ds
 
-    def norm_stats(
-        self, path: str | os.PathLike | None = None, *, recompute: bool = False
-    ) -> NormStats:
-        """Normalisation statistics of the train split, loaded from ``path`` or computed and saved.
-
-        path: default ``<catalog dir>/norm_stats.json`` (``<stem>.norm_stats.json`` beside a
-        single-file catalog).  A saved file is reused only if its fingerprint (shard names,
-        sizes and mtimes, the maps file, bands, split fractions and salt) equals this catalog's.
-        """
-        path = Path(path) if path is not None else default_norm_stats_path(self.catalog)
-        fingerprint = self.fingerprint()
-        if path.exists() and not recompute:
-            stats = NormStats.load(path)
-            if stats.fingerprint == fingerprint:
-                return stats
-            log.info("%s: fingerprint differs from %s; recomputing", path, self.catalog)
-        features = self.feature_columns
-        train = self.dataset("train", [c for c in features if c in self.columns])
-        stats = compute_norm_stats(train, features, fingerprint)
-        stats.save(path)
-        return stats
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What the normalisation statistics depend on, as plain JSON-able data."""
-        root = self.catalog if self.catalog.is_dir() else self.catalog.parent
-        return {
-            "catalog": [_file_stamp(f, f.relative_to(root).as_posix()) for f in self.files],
-            "maps": _file_stamp(self.maps, self.maps.name),
-            "bands": list(self.bands),
-            "split": {"fractions": list(self.split_spec.fractions), "salt": self.split_spec.salt},
-        }
-
     def _put_conditions(self) -> ray.ObjectRef:
         if self._conditions_ref is None:
             self._conditions_ref = ray.put(self.conditions)
         return self._conditions_ref
-
-
-def read_training_rows(
-    catalog: str | os.PathLike,
-    maps: str | os.PathLike,
-    *,
-    split: str | None = "train",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    salt: int = 0,
-    max_outside_fraction: float = 0.01,
-    bands: Sequence[str] = schema.BANDS,
-    columns: Sequence[str] | None = None,
-) -> ray.data.Dataset:
-    """Shorthand for ``TrainingCatalog(catalog, maps, ...).dataset(split, columns)``."""
-    training = TrainingCatalog(
-        catalog,
-        maps,
-        bands=bands,
-        fractions=fractions,
-        salt=salt,
-        max_outside_fraction=max_outside_fraction,
-    )
-    return training.dataset(split, columns)
 
 
 # --------------------------------------------------------------------------- validation
@@ -335,11 +274,6 @@ def _read_pixels(path: Path) -> np.ndarray:
     return column.to_numpy().astype(np.int64, copy=False)
 
 
-def _file_stamp(path: Path, name: str) -> dict[str, Any]:
-    st = path.stat()
-    return {"name": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 # --------------------------------------------------------------------------- the join
 
 
@@ -383,195 +317,3 @@ def _read_part(path: str, row_groups: list[int], columns: Sequence[str]) -> pa.T
         if name in table.column_names and table.column(name).null_count:
             raise DataError(f"{path}: column {name!r} has null values")
     return table
-
-
-# --------------------------------------------------------------------------- numpy
-
-
-def to_numpy(
-    ds: ray.data.Dataset, columns: Sequence[str], *, order_by: str | None = "id"
-) -> dict[str, np.ndarray]:
-    """Materialise ``columns`` of ``ds`` as one numpy array each (e.g. to hold on the device).
-
-    order_by: sort the rows by this column (default ``id``), so the arrays do not depend on how
-    Ray scheduled the blocks; None keeps the block order Ray returned.
-    """
-    wanted = list(columns) + ([order_by] if order_by and order_by not in columns else [])
-    refs = ds.select_columns(wanted).to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    if not tables:
-        return {c: np.empty(0, dtype=_numpy_dtype(ds, c)) for c in columns}
-    table = pa.concat_tables(tables)
-    arrays = {c: table.column(c).to_numpy() for c in wanted}
-    if order_by:
-        order = np.argsort(arrays[order_by], kind="stable")
-        return {c: arrays[c][order] for c in columns}
-    return {c: arrays[c] for c in columns}
-
-
-def _numpy_dtype(ds: ray.data.Dataset, column: str) -> np.dtype:
-    field = ds.schema().base_schema.field(column)
-    return np.dtype(field.type.to_pandas_dtype())
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-@dataclass(frozen=True)
-class ColumnStats:
-    """Statistics of one column's finite values (std is the population std, ddof=0)."""
-
-    mean: float
-    std: float
-    min: float
-    max: float
-    count: int
-
-
-@dataclass(frozen=True)
-class NormStats:
-    """Per-column normalisation statistics of a catalog's train split, with its fingerprint.
-
-    Units are the columns' own: magnitudes AB, sizes and PSF FWHM arcsec, fluxes at ZP 30;
-    ``detected`` is 0/1, so its mean is the detection fraction.
-    """
-
-    columns: dict[str, ColumnStats]
-    fingerprint: dict[str, Any]
-    split: str = "train"
-
-    @property
-    def detection_fraction(self) -> float:
-        return self.columns["detected"].mean
-
-    def mean(self, names: Sequence[str]) -> np.ndarray:
-        return np.array([self.columns[n].mean for n in names], dtype=np.float64)
-
-    def std(self, names: Sequence[str]) -> np.ndarray:
-        return np.array([self.columns[n].std for n in names], dtype=np.float64)
-
-    def to_json(self) -> str:
-        columns = {name: _json_floats(asdict(s)) for name, s in self.columns.items()}
-        doc = {"split": self.split, "fingerprint": self.fingerprint, "columns": columns}
-        return json.dumps(doc, indent=2, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<json>") -> NormStats:
-        try:
-            doc = json.loads(text)
-            columns = {
-                name: ColumnStats(**{k: _from_json_float(v) for k, v in s.items()})
-                for name, s in doc["columns"].items()
-            }
-            return cls(columns, doc["fingerprint"], doc.get("split", "train"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{source}: not a galray norm-stats JSON file ({exc})") from exc
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            tmp.write_text(self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> NormStats:
-        return cls.from_json(Path(path).read_text(), str(path))
-
-
-def default_norm_stats_path(catalog: str | os.PathLike) -> Path:
-    catalog = Path(catalog)
-    if catalog.is_dir():
-        return catalog / NORM_STATS_NAME
-    return catalog.with_name(f"{catalog.stem}.{NORM_STATS_NAME}")
-
-
-def compute_norm_stats(
-    ds: ray.data.Dataset, columns: Sequence[str], fingerprint: dict[str, Any]
-) -> NormStats:
-    """Statistics of ``columns`` in one pass: per-block moments, merged exactly on the driver.
-
-    Each block yields one row of (count, mean, M2, min, max) per column inside ``map_batches``
-    (fused with the read and the join, so the rows are never shipped); the driver merges them
-    with the pairwise update of Chan, Golub & LeVeque, which is exact and stable in float64.
-    """
-    partials = ds.map_batches(
-        _block_moments,
-        fn_kwargs={"columns": list(columns)},
-        batch_format="pyarrow",
-        batch_size=None,
-        zero_copy_batch=True,
-    )
-    merged = {c: _Moments.empty() for c in columns}
-    for table in ray.get(partials.to_arrow_refs()):
-        for row in table.to_pylist():
-            for c in columns:
-                merged[c] = merged[c].merge(_Moments(*(row[f"{c}/{k}"] for k in _Moments.KEYS)))
-    return NormStats({c: m.stats() for c, m in merged.items()}, fingerprint)
-
-
-def _feature_columns(columns: Sequence[str], bands: Sequence[str]) -> list[str]:
-    ordered = [schema.true_mag(b) for b in bands] + ["true_size"]
-    ordered += schema.condition_columns(bands)
-    ordered += [schema.obs_mag(b) for b in bands] + [schema.obs_flux(b) for b in bands]
-    ordered += ["detected"]
-    available = set(columns) | set(schema.condition_columns(bands))
-    return [c for c in ordered if c in available]
-
-
-@dataclass(frozen=True)
-class _Moments:
-    """Count, mean, sum of squared deviations, min and max of finite values (Chan et al. merge)."""
-
-    n: int
-    mean: float
-    m2: float
-    min: float
-    max: float
-
-    KEYS = ("n", "mean", "m2", "min", "max")
-
-    @classmethod
-    def empty(cls) -> _Moments:
-        return cls(0, 0.0, 0.0, float("inf"), float("-inf"))
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> _Moments:
-        x = values[np.isfinite(values)]
-        if x.size == 0:
-            return cls.empty()
-        mean = float(x.mean())
-        return cls(
-            int(x.size), mean, float(np.square(x - mean).sum()), float(x.min()), float(x.max())
-        )
-
-    def merge(self, other: _Moments) -> _Moments:
-        n = self.n + other.n
-        if n == 0:
-            return self
-        delta = other.mean - self.mean
-        mean = self.mean + delta * other.n / n
-        m2 = self.m2 + other.m2 + delta * delta * self.n * other.n / n
-        return _Moments(n, mean, m2, min(self.min, other.min), max(self.max, other.max))
-
-    def stats(self) -> ColumnStats:
-        if self.n == 0:
-            return ColumnStats(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-        return ColumnStats(self.mean, float(np.sqrt(self.m2 / self.n)), self.min, self.max, self.n)
-
-
-def _block_moments(table: pa.Table, columns: Sequence[str]) -> pa.Table:
-    row: dict[str, list] = {}
-    for c in columns:
-        values = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-        moments = _Moments.of(values)
-        for k in _Moments.KEYS:
-            row[f"{c}/{k}"] = [getattr(moments, k)]
-    return pa.table(row)
-
-
-def _json_floats(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
-
-
-def _from_json_float(v: Any) -> Any:
-    return float("nan") if v is None else v

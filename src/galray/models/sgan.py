@@ -24,7 +24,6 @@ field's edges) that a one-pass generation of the whole field would.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -225,8 +224,3 @@ def output_size(geometry: tuple[LayerGeometry, ...], cells: int) -> int:
     for layer in geometry:
         n = layer.out_size(n)
     return n
-
-
-def noise_cells(pixels: int, upsampling: int) -> int:
-    """Noise cells needed to cover ``pixels`` output pixels."""
-    return math.ceil(pixels / upsampling)
