@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.trainers.emulator_job import init_ray
-from galray.tune import get_tunable
+from galray.products import get_product
+from galray.training.ray_env import init_ray
 from galray.tune.results import format_table
 from galray.tune.search_space import build_sweep
 from galray.tune.sweep import TRIALS_DIR, start_sweep
@@ -106,11 +106,11 @@ def trained_epochs(sweep_dir: Path, trial_id: str) -> int:
 
 
 def run(args, survey: Path, out: Path, scheduler: str) -> dict:
-    tunable = get_tunable("emulator")
+    spec = get_product("emulator")
     raw = sweep_config(args, survey, out, scheduler)
-    sweep = build_sweep("emulator", tunable.config_cls, raw, fixed=tunable.fixed)
+    sweep = build_sweep("emulator", spec.config_cls, raw, fixed=spec.fixed)
     t0 = time.perf_counter()
-    result = start_sweep(tunable, sweep, log=lambda *_: None, verbose=0)
+    result = start_sweep(spec, sweep, log=lambda *_: None, verbose=0)
     wall = time.perf_counter() - t0
     print(f"\n{scheduler.upper()}\n{format_table(result)}", flush=True)
     report = result.model.get("report") or {}

@@ -49,9 +49,9 @@ import pyarrow.parquet as pq
 import torch
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulate import PARQUET_WRITE, EmulateConfig, emulate
-from galray.features import EmulatorFeatures
-from galray.inference import Emulator, build_generator
+from galray.emulator.bundle import Emulator, build_generator
+from galray.emulator.emulate import PARQUET_WRITE, EmulateConfig, emulate
+from galray.emulator.features import EmulatorFeatures
 from galray.models.emulator import DetectionModel, NetConfig
 from galray.models.flow import FlowConfig
 

@@ -17,15 +17,15 @@ import time
 
 import torch
 
-from galray.models.emulator import NetConfig
-from galray.trainers.emulator_step import (
+from galray.emulator.config import EmulatorOptimConfig as OptimConfig
+from galray.emulator.step import (
     DeviceData,
-    GradientSync,
     GroupRunner,
-    OptimConfig,
     build_modules,
     epoch_indices,
 )
+from galray.models.emulator import NetConfig
+from galray.training.modules import GradientSync
 
 PUBLISHED_ROWS_PER_S = 11_800  # published cWGAN-GP code, one H100, batch 200, 5 critic steps
 

@@ -11,7 +11,7 @@ once from the emulator and compared with the simulator's by galray's classifier 
 The clock.  PZFlow (defaults: ShiftBounds + RollingSplineCoupling, Adam lr 1e-3, batch 1024)
 trains in segments of doubling epochs (1, 1, 2, 4, ...) and is scored after each, until
 ``--budget`` seconds of training; its *time to its best AUC* sets the budget of galray's flow and
-GAN, which train with the plain training step (:mod:`galray.trainers.emulator_step`, the step
+GAN, which train with the plain training step (:mod:`galray.emulator.step`, the step
 Ray Train runs; no Ray here) with the learning rate decayed over that budget.  Scoring time is
 not training time.  Each segment restarts PZFlow's optimiser (its ``train`` makes a fresh one);
 that is PZFlow's own API.
@@ -33,7 +33,7 @@ jax 0.10.2 CPU; 1.7M simulated injections at nside 512, 1.36M train rows of whic
     galray-flow              0.500    0.005      851     155
     galray-gan               0.562    0.005      851     129
 
-That table predates target whitening (:mod:`galray.features`).  With whitened targets (the
+That table predates target whitening (:mod:`galray.emulator.features`).  With whitened targets (the
 default now; same machine and survey, 50k held-out detected rows, 300 s each, no pzflow)::
 
     method                c2st_auc   ks_max  train_s  epochs
@@ -65,20 +65,19 @@ from galray.datasets import schema
 from galray.datasets.conditions import read_condition_map
 from galray.datasets.simulate import SurveyConfig, simulate_survey
 from galray.datasets.split import SplitSpec
-from galray.evaluation.emulator import classifier_two_sample_test, ks_statistics
-from galray.features import EmulatorFeatures
-from galray.models.emulator import NetConfig
-from galray.models.flow import FlowConfig
-from galray.trainers.emulator_step import (
+from galray.emulator.config import EmulatorOptimConfig as OptimConfig
+from galray.emulator.features import EmulatorFeatures
+from galray.emulator.step import (
     DeviceData,
-    GradientSync,
     GroupRunner,
-    OptimConfig,
     build_modules,
     epoch_indices,
-    lr_scale,
     steps_per_group,
 )
+from galray.evaluation.emulator import classifier_two_sample_test, ks_statistics
+from galray.models.emulator import NetConfig
+from galray.models.flow import FlowConfig
+from galray.training.modules import GradientSync, lr_scale
 
 BANDS = schema.BANDS
 COLUMNS = (

@@ -1,6 +1,6 @@
 """Throughput of the deep-field SGAN: training time per epoch and generation pixels per second.
 
-Training: the plain step function (:func:`galray.trainers.sgan_step.train_batch`, no Ray) on a
+Training: the plain step function (:func:`galray.deepfield.step.train_batch`, no Ray) on a
 random image resident on the device; an "epoch" is ``--batches`` batches of ``--batch`` crops of
 ``--crop`` px (the paper: 30 batches of 128 crops, 64 px; 120 s per epoch on a K40c).
 Generation: the generator alone on one ``--gen-tile`` px tile's noise window (tile plus the
@@ -26,17 +26,17 @@ import time
 import numpy as np
 import torch
 
-from galray.deepfield.model import DeepFieldModel
+from galray.deepfield.bundle import DeepFieldModel
+from galray.deepfield.config import DeepFieldOptimConfig
 from galray.deepfield.scaling import IntensityScaling
-from galray.models.sgan import Generator, SGANNetConfig, noise_halo
-from galray.trainers.emulator_step import GradientSync
-from galray.trainers.sgan_step import (
-    SGANOptimConfig,
+from galray.deepfield.step import (
     batch_sizes,
     build_sgan_modules,
     random_crops,
     train_batch,
 )
+from galray.models.sgan import Generator, SGANNetConfig, noise_halo
+from galray.training.modules import GradientSync
 
 PAPER_EPOCH_SECONDS = 120.0  # Smith & Geach 2019, K40c, 30 batches of 128 crops
 
@@ -61,7 +61,9 @@ def time_training(net, args, mode: str, device: torch.device) -> float:
     """Median seconds per epoch."""
     amp, channels_last, compiled = _mode_flags(mode)
     crops = tuple(int(c) for c in args.crop.split(",")) if args.crop != "mixed" else (64, 128, 256)
-    opt = SGANOptimConfig(batch_size=args.batch, crop_sizes=crops, batches_per_epoch=args.batches)
+    opt = DeepFieldOptimConfig(
+        batch_size=args.batch, crop_sizes=crops, batches_per_epoch=args.batches
+    )
     m = build_sgan_modules(net, opt, device, 0, amp_dtype=amp, channels_last=channels_last)
     if compiled:
         m.generator.forward = torch.compile(m.generator.forward)

@@ -11,13 +11,13 @@ def ray_session():
 
     Starting Ray costs 5-15 s, so it starts once, on first use, and shuts down at the end of the
     session.  If the test process already runs Ray, that instance is reused and left running.
-    It keeps Ray's dashboard (started by :func:`~galray.trainers.emulator_job.init_ray`): Ray
+    It keeps Ray's dashboard (started by :func:`~galray.training.ray_env.init_ray`): Ray
     Train frees the workers of a Tune trial stopped early only through the dashboard's state API.
     """
     import ray
     import ray.data
 
-    from galray.trainers.emulator_job import init_ray
+    from galray.training.ray_env import init_ray
 
     started = not ray.is_initialized()
     if started:

@@ -69,22 +69,24 @@ PRODUCT_BASE = frozenset(
 
 LAYERS: dict[str, frozenset[str] | AllBut] = {
     "errors": frozenset(),  # the exception types; the bottom of everything
+    "_version": frozenset(),  # the version string, readable without the package's API
     "io": frozenset({"errors"}),  # atomic writes, Parquet and file helpers
     "config": frozenset({"errors"}),  # loading and validating YAML configs
     "datasets": frozenset({"errors", "io", "config"}),  # catalogues, maps, simulation, readers
     "models": frozenset({"errors", "config"}),  # torch networks: no Ray, no files
     "evaluation": frozenset({"errors", "io", "config", "datasets"}),  # fidelity reports, plots
     "tracking": frozenset({"errors", "io", "config"}),  # MLflow runs and logged artifacts
-    "registry": frozenset({"errors", "io", "config", "tracking"}),  # registered models, aliases
-    "training": frozenset({"errors", "io", "config", "tracking"}),  # generic Ray Train loops
+    "registry": frozenset({"errors", "io", "config", "tracking", "_version"}),  # bundles <-> MLflow
+    # shared training components and the job skeleton (which publishes through the registry)
+    "training": frozenset({"errors", "io", "config", "tracking", "registry"}),
     # Each product package: the shared base only, never another product.
     **dict.fromkeys(PRODUCTS, PRODUCT_BASE),
     # The product catalogue: knows each product by its spec module only.
     "products": frozenset({"errors", "config", *(f"{p}.spec" for p in PRODUCTS)}),
     "tune": frozenset({"errors", "io", "config", "tracking", "training", "products"}),  # sweeps
     "commands": AllBut("cli"),  # subcommand bodies wire everything together; only cli is above
-    "cli": frozenset({"errors", "commands", PACKAGE}),  # the click entry point
-    PACKAGE: frozenset({"errors", "emulator"}),  # the root: errors, __version__, load_emulator
+    "cli": frozenset({"errors", "commands", PACKAGE}),  # the argparse entry point
+    PACKAGE: frozenset({"errors", "_version", "emulator"}),  # the root: errors, version, loaders
 }
 
 # A saved model (each product's bundle module and all it imports) must load without these.

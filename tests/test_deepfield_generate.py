@@ -13,8 +13,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from galray.datasets.fitsfield import StreamingFieldWriter, read_field
+from galray.deepfield.bundle import DeepFieldModel
 from galray.deepfield.generate import generate_fits
-from galray.deepfield.model import DeepFieldModel
 from galray.deepfield.noise import NOISE_BLOCK, noise_window, plan_tiles
 from galray.deepfield.scaling import IntensityScaling
 from galray.errors import ConfigError, ModelNotFoundError
@@ -171,7 +171,7 @@ def test_bundle_round_trip_and_bad_uri(tmp_path):
     again = DeepFieldModel.load(tmp_path / "bundle")
     np.testing.assert_array_equal(again.generate(64, 48, seed=4), model.generate(64, 48, seed=4))
     assert again.bands == model.bands and again.center == model.center
-    from galray.deepfield.model import load_deepfield_model
+    from galray.deepfield.registry import load_deepfield_model
 
     with pytest.raises(ModelNotFoundError, match="no-such"):
         load_deepfield_model(str(tmp_path / "no-such"))

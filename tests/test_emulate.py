@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulate import EmulateConfig, emulate, plan_shards
+from galray.emulator.bundle import Emulator
+from galray.emulator.emulate import EmulateConfig, emulate, plan_shards
+from galray.emulator.features import EmulatorFeatures
 from galray.errors import DataError, ModelNotFoundError, OutputExistsError
-from galray.features import EmulatorFeatures
-from galray.inference import Emulator
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 
 pytestmark = pytest.mark.ray

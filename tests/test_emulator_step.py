@@ -10,24 +10,24 @@ import torch
 from torch import nn
 
 from galray.datasets import schema
+from galray.emulator.bundle import Emulator
+from galray.emulator.config import EmulatorOptimConfig as OptimConfig
+from galray.emulator.features import EmulatorFeatures, luptitude, luptitude_to_flux
+from galray.emulator.step import (
+    DeviceData,
+    GroupRunner,
+    build_modules,
+    run_epoch,
+    train_group,
+)
 from galray.errors import ConfigError, ModelNotFoundError
-from galray.features import EmulatorFeatures, luptitude, luptitude_to_flux
-from galray.inference import Emulator
 from galray.models.emulator import (
     ConditionalGenerator,
     DetectionModel,
     NetConfig,
     gradient_penalty,
 )
-from galray.trainers.emulator_step import (
-    DeviceData,
-    GradientSync,
-    GroupRunner,
-    OptimConfig,
-    build_modules,
-    run_epoch,
-    train_group,
-)
+from galray.training.modules import GradientSync
 
 CPU = torch.device("cpu")
 
@@ -307,7 +307,7 @@ def test_emulator_load_errors(tmp_path):
 
 
 def test_lr_warmdown_schedule():
-    from galray.trainers.emulator_step import lr_scale
+    from galray.training.modules import lr_scale
 
     assert lr_scale(0.0, 0.3) == 1.0
     assert lr_scale(0.7, 0.3) == 1.0
@@ -337,7 +337,7 @@ def test_ema_generator_trails_the_trained_one():
 def test_sample_does_not_depend_on_the_network_block(monkeypatch):
     """The networks run block by block on a CPU (cache-sized); the random numbers are drawn for
     all rows first, so the output is the same for any block size -- empty batches included."""
-    import galray.inference as inference
+    import galray.emulator.bundle as inference
 
     rows = _rows()
     emu = _emulator(rows)

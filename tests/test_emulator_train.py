@@ -16,10 +16,10 @@ import galray
 from galray.config import load_config
 from galray.datasets.reader import TrainingCatalog
 from galray.datasets.simulate import SurveyConfig, simulate_survey
+from galray.emulator.config import EmulatorTrainConfig
+from galray.emulator.spec import train_emulator
 from galray.errors import ConfigError, ModelNotFoundError
 from galray.evaluation.emulator import fidelity_report
-from galray.trainers.emulator import EmulatorTrainConfig
-from galray.trainers.emulator_job import train_emulator
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -19,6 +19,7 @@ from scipy.special import ndtr
 from galray.datasets.schema import flux_to_mag, mag_to_flux
 from galray.errors import DataError
 from galray.evaluation import emulator as ev
+from galray.tracking import log_report
 
 N = 40_000
 BANDS = ("r", "i", "z")
@@ -172,7 +173,7 @@ def test_logs_to_mlflow(same, tmp_path):
     report, out = same
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with mlflow.start_run() as run:
-        ev.log_report_to_mlflow(report, out)
+        log_report(report, out)
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged["c2st_auc"] == pytest.approx(report["c2st_auc"])
     assert logged["ks_max"] == pytest.approx(report["ks_max"])

@@ -11,21 +11,20 @@ import pytest
 import torch
 
 from galray.config import load_config
-from galray.errors import ConfigError
-from galray.features import EmulatorFeatures
-from galray.inference import Emulator
-from galray.models.emulator import DetectionModel, NetConfig
-from galray.models.flow import SAMPLE_LIMIT, TAIL_BOUND, ConditionalFlow, FlowConfig
-from galray.trainers.emulator import EmulatorTrainConfig
-from galray.trainers.emulator_step import (
+from galray.emulator.bundle import Emulator
+from galray.emulator.config import EmulatorOptimConfig as OptimConfig
+from galray.emulator.config import EmulatorTrainConfig
+from galray.emulator.features import EmulatorFeatures
+from galray.emulator.step import (
     DeviceData,
-    GradientSync,
     GroupRunner,
-    OptimConfig,
     build_modules,
-    lr_scale,
     run_epoch,
 )
+from galray.errors import ConfigError
+from galray.models.emulator import DetectionModel, NetConfig
+from galray.models.flow import SAMPLE_LIMIT, TAIL_BOUND, ConditionalFlow, FlowConfig
+from galray.training.modules import GradientSync, lr_scale
 
 CPU = torch.device("cpu")
 SMALL = FlowConfig(transforms=2, bins=6, width=32, depth=2)

@@ -11,19 +11,18 @@ import torch
 
 from galray.config import load_config
 from galray.datasets.deepfield import DeepFieldConfig, simulate_deepfield
-from galray.deepfield.model import load_deepfield_model
-from galray.errors import ConfigError
-from galray.models.sgan import SGANNetConfig
-from galray.trainers.emulator_step import GradientSync
-from galray.trainers.sgan import SGANTrainConfig
-from galray.trainers.sgan_job import train_sgan
-from galray.trainers.sgan_step import (
-    SGANOptimConfig,
+from galray.deepfield.config import DeepFieldOptimConfig, DeepFieldTrainConfig
+from galray.deepfield.registry import load_deepfield_model
+from galray.deepfield.spec import train_deepfield
+from galray.deepfield.step import (
     batch_sizes,
     build_sgan_modules,
     random_crops,
     train_batch,
 )
+from galray.errors import ConfigError
+from galray.models.sgan import SGANNetConfig
+from galray.training.modules import GradientSync
 
 
 def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
@@ -55,14 +54,14 @@ def test_random_crops_are_slices_of_the_image():
 
 def test_train_batch_updates_both_networks():
     net = SGANNetConfig.debug()
-    opt = SGANOptimConfig(batch_size=4, crop_sizes=(32, 64), ema_decay=0.9)
+    opt = DeepFieldOptimConfig(batch_size=4, crop_sizes=(32, 64), ema_decay=0.9)
     m = build_sgan_modules(net, opt, torch.device("cpu"), seed=0)
     before_g = [p.detach().clone() for p in m.generator.parameters()]
     before_d = [p.detach().clone() for p in m.critic.parameters()]
     image = torch.rand(3, 96, 96)
     gen = torch.Generator().manual_seed(1)
     for size in batch_sizes(
-        SGANOptimConfig(batch_size=4, crop_sizes=(32, 64), batches_per_epoch=3), gen
+        DeepFieldOptimConfig(batch_size=4, crop_sizes=(32, 64), batches_per_epoch=3), gen
     ):
         train_batch(m, random_crops(image, 4, size, gen), opt, GradientSync(1))
     metrics = m.pop_metrics()
@@ -83,7 +82,7 @@ def training_field(tmp_path_factory):
     return path
 
 
-def _config(tmp_path, image, **sets) -> SGANTrainConfig:
+def _config(tmp_path, image, **sets) -> DeepFieldTrainConfig:
     base = {
         "data.image": str(image),
         "net.noise_channels": 8,
@@ -101,7 +100,7 @@ def _config(tmp_path, image, **sets) -> SGANTrainConfig:
         "scaling.cpus_per_worker": 1,
     }
     base.update(sets)
-    return load_config(SGANTrainConfig, None, [f"{k}={v}" for k, v in base.items()])
+    return load_config(DeepFieldTrainConfig, None, [f"{k}={v}" for k, v in base.items()])
 
 
 @pytest.mark.ray
@@ -118,7 +117,7 @@ def test_fit_survives_a_worker_death_and_registers_the_generator(
         debug_fail_at_epoch=2,
         **{"tracking.run_name": "faulty"},
     )
-    result = train_sgan(cfg, log=lambda *_: None)
+    result = train_deepfield(cfg, log=lambda *_: None)
     assert (tmp_path / "runs" / ".debug-failed-faulty").exists()  # the worker did die
     assert result.metrics["epoch"] == 3
     client = mlflow.MlflowClient()
@@ -157,7 +156,7 @@ def test_bad_config_names_the_field(tmp_path, training_field):
         _config(tmp_path, training_field, precision="fp8")
     with pytest.raises(ConfigError, match=r"data\.simulate\.sise"):
         _config(tmp_path, training_field, **{"data.simulate": "{sise: 3}"})
-    from galray.trainers.sgan_job import load_training_field
+    from galray.deepfield.spec import load_training_field
 
     too_big = _config(tmp_path, training_field, **{"optim.crop_sizes": "[256]"})
     with pytest.raises(ConfigError, match=r"optim\.crop_sizes.*192x192"):

@@ -12,19 +12,19 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from galray.emulator.bundle import Emulator
+from galray.emulator.features import EmulatorFeatures
+from galray.emulator.registry import load_emulator, log_emulator
+from galray.emulator.registry import resolve_emulator_uri as resolve_model_uri
 from galray.errors import ConfigError, ModelNotFoundError
-from galray.features import EmulatorFeatures
-from galray.inference import Emulator, load_emulator
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from galray.registry import ModelRef
 from galray.tracking import (
     MAX_PARAM_VALUE,
-    ModelRef,
     configure_tracking,
     flatten_params,
     get_or_create_experiment,
-    log_emulator,
     log_params_flat,
-    resolve_model_uri,
     tracking_uri,
 )
 

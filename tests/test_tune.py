@@ -26,7 +26,7 @@ from galray.cli import main as cli_main
 from galray.commands.tune import print_summary
 from galray.datasets.simulate import SurveyConfig, simulate_survey
 from galray.errors import ConfigError
-from galray.tune import get_tunable
+from galray.products import get_product
 from galray.tune.results import format_table
 from galray.tune.search_space import load_sweep
 from galray.tune.sweep import ASHA_STATE_FILE, TRIALS_DIR, resume_sweep
@@ -79,8 +79,8 @@ def _write_sweep(path: Path, survey: Path, name: str, **tune) -> Path:
 
 
 def _load(path: Path, overrides=()):
-    tunable = get_tunable("emulator")
-    return load_sweep("emulator", tunable.config_cls, path, list(overrides), fixed=tunable.fixed)
+    spec = get_product("emulator")
+    return load_sweep("emulator", spec.config_cls, path, list(overrides), fixed=spec.fixed)
 
 
 # ----------------------------------------------------------------------------- config errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from galray._version import __version__
 from galray.errors import (
     ConfigError,
     DataError,
@@ -10,8 +11,6 @@ from galray.errors import (
     ModelNotFoundError,
     OutputExistsError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
@@ -27,7 +26,7 @@ __all__ = [
 
 def load_emulator(uri: str):
     """Load a trained transfer-function emulator from ``models:/NAME@ALIAS``, ``runs:/ID/PATH``
-    or a local directory.  See :func:`galray.inference.load_emulator`."""
-    from galray.inference import load_emulator as _load
+    or a local directory.  See :func:`galray.emulator.registry.load_emulator`."""
+    from galray.emulator.registry import load_emulator as _load
 
     return _load(uri)

@@ -13,16 +13,17 @@ import sys
 
 from galray.errors import GalrayError
 
-# Modules that define ``register(subparsers)``; imported lazily so ``galray --help`` is fast.
+# One module per verb, each defining ``register(subparsers, groups)``; the commands' own
+# imports happen inside their handlers, so ``galray --help`` is fast.
 COMMAND_MODULES = (
     "galray.commands.simulate",
     "galray.commands.ingest",
     "galray.commands.train",
     "galray.commands.evaluate",
+    "galray.commands.generate",
     "galray.commands.emulate",
     "galray.commands.tune",
     "galray.commands.quickstart",
-    "galray.commands.deepfield",
 )
 
 
@@ -38,14 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(name)
         module.register(sub, groups)
     return parser
-
-
-def group(sub, groups: dict, name: str, help: str):
-    """The ``galray NAME ...`` group parser (created once, shared by modules)."""
-    if name not in groups:
-        p = sub.add_parser(name, help=help)
-        groups[name] = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    return groups[name]
 
 
 def _version() -> str:

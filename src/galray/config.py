@@ -37,6 +37,8 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        return _choice(value, args, field)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -100,6 +102,27 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             return str(value)
         raise ConfigError(f"{field}: expected a string, got {value!r}")
     return value
+
+
+def _choice(value: Any, choices: tuple, field: str) -> Any:
+    """``value`` if it is one of ``choices``; YAML's true/false also match "true"/"false"."""
+    if isinstance(value, bool) and str(value).lower() in choices:
+        return str(value).lower()
+    if value in choices and not isinstance(value, bool):
+        return value
+    known = ", ".join(str(c) for c in choices)
+    raise ConfigError(f"{field}: must be one of {known}, got {value!r}")
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Validate (and normalise) every ``Literal``-typed field of dataclass ``obj`` -- for configs
+    built directly rather than through :func:`from_dict`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints.get(f.name)
+        if typing.get_origin(tp) is typing.Literal:
+            value = _choice(getattr(obj, f.name), typing.get_args(tp), f"{prefix}{f.name}")
+            setattr(obj, f.name, value)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:

@@ -1,1 +1,1 @@
-"""Subcommands of the ``galray`` CLI, one module per area (see :mod:`galray.cli`)."""
+"""Subcommands of the ``galray`` CLI, one module per verb (see :mod:`galray.cli`)."""

@@ -31,7 +31,7 @@ def register(sub, groups) -> None:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from galray.emulate import EmulateConfig, emulate
+    from galray.emulator.emulate import EmulateConfig, emulate
 
     maps = args.maps
     from pathlib import Path

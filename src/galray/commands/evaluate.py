@@ -1,11 +1,11 @@
-"""``galray evaluate emulator --model URI --data DIR --out DIR``."""
+"""``galray evaluate emulator|deepfield``: score a model against known truth."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from galray.cli import group
+from galray.commands.common import group
 
 
 def register(sub, groups) -> None:
@@ -37,14 +37,16 @@ def register(sub, groups) -> None:
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(handler=_emulator)
+    _register_deepfield(ev)
 
 
 def _emulator(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from galray.datasets.reader import TrainingCatalog
-    from galray.inference import load_emulator
-    from galray.trainers.emulator_job import evaluate_on_split, init_ray
+    from galray.emulator.registry import load_emulator
+    from galray.emulator.spec import evaluate_on_split
+    from galray.training.ray_env import init_ray
 
     emulator = load_emulator(args.model)
     data = Path(args.data)
@@ -57,22 +59,96 @@ def _emulator(args: argparse.Namespace) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = False
     split = None if args.split == "all" else args.split
     report = evaluate_on_split(emulator, catalog, args.out, args.rows, split=split, seed=args.seed)
+    params = {"model": args.model, "data": str(data), "split": args.split, "rows": args.rows}
+    keys = ("n_rows", "c2st_auc", "ks_max", "detection_max_abs_diff")
+    return _finish(args, "evaluate-emulator", params, report, keys)
+
+
+def _register_deepfield(ev) -> None:
+    p = ev.add_parser(
+        "deepfield",
+        help="compare sources detected in real and generated deep fields",
+        description="Detect sources with sep using identical settings on the real and the "
+        "generated field(s) (detection image: mean of the bands; >= --min-area connected pixels "
+        "above --threshold sigma), measure per-band Kron magnitudes with each file's MAGZERO, "
+        "and compare magnitude and colour distributions (KS p-values below the magnitude "
+        "limit, median differences) and counts per arcmin².  Writes report.json, both source "
+        "catalogs and PNG plots to --out; logs them to MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--real", required=True, help="the real (training) field, FITS")
+    p.add_argument(
+        "--generated", required=True, nargs="+", help="generated field(s), FITS (pooled)"
+    )
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument(
+        "--mag-limit",
+        type=float,
+        default=None,
+        help="AB limit of the KS tests (default: the real catalog's turnover, per band)",
+    )
+    p.add_argument(
+        "--zeropoint",
+        type=float,
+        default=None,
+        help="AB zeropoint of every band (default: MAGZERO)",
+    )
+    p.add_argument(
+        "--pixel-scale", type=float, default=None, help="arcsec per pixel (default: the WCS's)"
+    )
+    p.add_argument("--threshold", type=float, default=3.0, help="detection threshold, sigma")
+    p.add_argument("--min-area", type=int, default=5, help="minimum connected pixels")
+    p.add_argument("--edge", type=int, default=16, help="border pixels left out")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.set_defaults(handler=_deepfield)
+
+
+def _deepfield(args: argparse.Namespace) -> int:
+
+    from galray.datasets.fitsfield import read_field
+    from galray.evaluation.deepfield import DetectionSettings, deepfield_report
+
+    settings = DetectionSettings(threshold=args.threshold, min_area=args.min_area, edge=args.edge)
+    real = read_field(args.real)
+    generated = [read_field(path) for path in args.generated]
+    report = deepfield_report(
+        real,
+        generated,
+        args.out,
+        settings=settings,
+        mag_limit=args.mag_limit,
+        zeropoint=args.zeropoint,
+        pixel_scale=args.pixel_scale,
+    )
+    params = {"real": args.real, "generated": ",".join(args.generated)[:6000]}
+    params |= {f"detection.{k}": v for k, v in vars(settings).items()}
+    keys = (
+        "n_real",
+        "n_generated",
+        "ks_p_min",
+        "median_dmag_max",
+        "median_dmag_max_sigma",  # in units of the sampling error: the real field's own noise
+        "count_ratio",
+        "meets_targets",
+    )
+    return _finish(args, "evaluate-deepfield", params, report, keys)
+
+
+def _finish(args: argparse.Namespace, run_name: str, params: dict, report: dict, keys) -> int:
+    """Log the report to MLflow (experiment ``galray-evaluation``) unless ``--no-mlflow``, and
+    print its headline numbers."""
+    from pathlib import Path
+
     if not args.no_mlflow:
         import mlflow
 
-        from galray.evaluation.emulator import log_report_to_mlflow
-        from galray.tracking import configure_tracking, get_or_create_experiment
+        from galray.tracking import configure_tracking, get_or_create_experiment, log_report
 
         configure_tracking()
-        with mlflow.start_run(
-            experiment_id=get_or_create_experiment("galray-evaluation"),
-            run_name="evaluate-emulator",
-        ):
-            mlflow.log_params(
-                {"model": args.model, "data": str(data), "split": args.split, "rows": args.rows}
-            )
-            log_report_to_mlflow(report, args.out)
-    keys = ("n_rows", "c2st_auc", "ks_max", "detection_max_abs_diff")
+        experiment_id = get_or_create_experiment("galray-evaluation")
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name):
+            mlflow.log_params(params)
+            log_report(report, args.out)
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0

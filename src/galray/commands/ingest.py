@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from galray.cli import group
+from galray.commands.common import group
 
 
 def register(sub, groups) -> None:

@@ -23,7 +23,7 @@ def register(sub, groups) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from galray.quickstart import quickstart
+    from galray.emulator.quickstart import quickstart
 
     quickstart(args.out, model=args.model, epochs=args.epochs)
     return 0

@@ -1,58 +1,53 @@
-"""``galray train emulator --config FILE [--set key=value ...]``."""
+"""``galray train PRODUCT --config FILE [--set key=value ...]`` for every product."""
 
 from __future__ import annotations
 
 import argparse
 
-from galray.cli import group
+from galray.commands.common import add_config_options, group, print_training_result
+
+HELP = {
+    "emulator": (
+        "train the transfer-function emulator (cWGAN-GP or conditional flow, + detection model)",
+        "Train the emulator on an injection catalog; logs to MLflow, registers the model and "
+        "scores it on the test split.",
+        "configs/emulator-flow-smoke.yaml",
+        "optim.batch_size=1024",
+    ),
+    "deepfield": (
+        "train the deep-field generator (Spatial GAN) on a multi-band FITS image",
+        "Train the SGAN on random crops of a deep field; logs to MLflow, registers the generator "
+        "and compares a generated field with the image by source extraction.",
+        "configs/sgan-smoke.yaml",
+        "optim.batch_size=64",
+    ),
+}
+ALIASES = {"deepfield": ["sgan"]}
 
 
 def register(sub, groups) -> None:
+    from galray.products import PRODUCTS
+
     train = group(sub, groups, "train", help="train a model with Ray Train")
-    p = train.add_parser(
-        "emulator",
-        help="train the transfer-function emulator (cWGAN-GP or conditional flow, + detection "
-        "model)",
-        description="Train the emulator on an injection catalog; logs to MLflow and registers "
-        "the model.  Example: galray train emulator --config configs/emulator-smoke.yaml "
-        "--set epochs=5",
-    )
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.batch_size=1024 (repeatable)",
-    )
-    p.set_defaults(handler=_emulator)
-
-
-def _emulator(args: argparse.Namespace) -> int:
-    from galray.config import load_config
-    from galray.trainers.emulator import EmulatorTrainConfig
-    from galray.trainers.emulator_job import train_emulator
-
-    cfg = load_config(EmulatorTrainConfig, args.config, args.overrides)
-    result = train_emulator(cfg)
-    print()
-    print(f"training finished in {result.seconds:.0f} s")
-    print(f"  MLflow run:     {result.run_id}")
-    print(f"  model:          {result.model_uri}")
-    print(f"  bundle:         {result.bundle_path}")
-    if result.registered_uri:
-        print(f"  registered as:  {result.registered_uri}")
-    print(f"  checkpoint:     {result.checkpoint_path}")
-    if result.report:
-        r = result.report
-        print(
-            f"  fidelity (test split, {r['n_rows']:,} rows): c2st_auc={r['c2st_auc']:.3f}  "
-            f"ks_max={r['ks_max']:.3f}  detection_max_abs_diff={r['detection_max_abs_diff']:.3f}"
+    for name in PRODUCTS:
+        short, long, config, example = HELP[name]
+        p = train.add_parser(
+            name,
+            aliases=ALIASES.get(name, []),
+            help=short,
+            description=f"{long}  Example: galray train {name} --config {config} --set epochs=5",
         )
-        print(f"  report:         {result.report_dir}")
-    if cfg.tracking.enabled:
-        from galray.tracking import tracking_uri
+        add_config_options(p, example)
+        p.set_defaults(handler=_train, product=name)
 
-        print(f"  browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")
+
+def _train(args: argparse.Namespace) -> int:
+    from galray.config import load_config
+    from galray.products import get_product
+    from galray.training.job import run_training
+
+    spec = get_product(args.product)
+    cfg = load_config(spec.config_cls, args.config, args.overrides)
+    result = run_training(spec, cfg)
+    print_training_result(result, cfg.tracking.enabled)
     return 0

@@ -1,29 +1,33 @@
-"""``galray tune <trainer> --config FILE [--set key=value ...]`` and ``--resume PATH``."""
+"""``galray tune PRODUCT --config FILE [--set key=value ...]`` and ``--resume PATH``."""
 
 from __future__ import annotations
 
 import argparse
 
-from galray.cli import group
+from galray.commands.common import fidelity_line, group
+from galray.commands.train import ALIASES
 
-_HELP = {
+HELP = {
     "emulator": "search the emulator's hyperparameters (cWGAN-GP or flow + detection model)",
-    "sgan": "search the deep-field SGAN's hyperparameters",
+    "deepfield": "search the deep-field generator's (SGAN's) hyperparameters",
 }
+# example sweep configs shipped in configs/
+EXAMPLE_SWEEP = {"emulator": "configs/tune-emulator-smoke.yaml", "deepfield": "SWEEP.yaml"}
 
 
 def register(sub, groups) -> None:
-    from galray.tune import TUNABLES
+    from galray.products import PRODUCTS
 
     tune = group(sub, groups, "tune", help="search hyperparameters with Ray Tune (ASHA)")
-    for name in TUNABLES:
+    for name in PRODUCTS:
         p = tune.add_parser(
             name,
-            help=_HELP.get(name, f"search the {name} trainer's hyperparameters"),
+            aliases=ALIASES.get(name, []),
+            help=HELP[name],
             description=f"Run a Ray Tune sweep of the {name} trainer: the search space lives in "
             "the config's search: section, ASHA stops poor trials early, MLflow gets a parent run "
             "with one child run per trial, and the best model is registered.  Example: galray "
-            f"tune {name} --config configs/tune-{name}-smoke.yaml --set tune.num_samples=4.  "
+            f"tune {name} --config {EXAMPLE_SWEEP[name]} --set tune.num_samples=4.  "
             f"An interrupted sweep continues with: galray tune {name} --resume SWEEP_DIR",
         )
         source = p.add_mutually_exclusive_group(required=True)
@@ -45,20 +49,20 @@ def register(sub, groups) -> None:
 
 def _tune(args: argparse.Namespace) -> int:
     from galray.errors import ConfigError
-    from galray.tune import get_tunable
+    from galray.products import get_product
     from galray.tune.search_space import load_sweep
     from galray.tune.sweep import resume_sweep, start_sweep
 
-    tunable = get_tunable(args.trainer)
+    spec = get_product(args.trainer)
     if args.resume:
         if args.overrides:
             raise ConfigError("--set: a resumed sweep keeps its config; --set is not allowed")
-        result = resume_sweep(args.resume, trainer=tunable.name)
+        result = resume_sweep(args.resume, trainer=spec.name)
     else:
         sweep = load_sweep(
-            tunable.name, tunable.config_cls, args.config, args.overrides, fixed=tunable.fixed
+            spec.name, spec.config_cls, args.config, args.overrides, fixed=spec.fixed
         )
-        result = start_sweep(tunable, sweep)
+        result = start_sweep(spec, sweep)
     return print_summary(result)
 
 
@@ -90,18 +94,5 @@ def print_summary(result) -> int:
         print(f"  registered as:  {model['registered_uri']}")
     report = model.get("report")
     if report:
-        print(f"  fidelity:       {_fidelity(report)}  ({model.get('report_dir')})")
+        print(f"  fidelity:       {fidelity_line(report)}  ({model.get('report_dir')})")
     return 0
-
-
-# the headline numbers of each trainer's report: the emulator's and the deep field's
-FIDELITY_KEYS = ("c2st_auc", "ks_max", "ks_p_min", "median_dmag_max", "count_ratio")
-
-
-def _fidelity(report: dict) -> str:
-    shown = [
-        f"{key}={report[key]:.3f}"
-        for key in FIDELITY_KEYS
-        if isinstance(report.get(key), int | float)
-    ]
-    return "  ".join(shown) or "see the report"

@@ -20,7 +20,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from galray.datasets.fitsfield import StreamingFieldWriter
-from galray.deepfield.model import DeepFieldModel
+from galray.deepfield.bundle import DeepFieldModel
 from galray.deepfield.noise import Tile
 from galray.errors import ConfigError
 

@@ -6,7 +6,7 @@ the same inputs.  Columns, per band ``b``: ``true_mag_b`` (AB), ``psf_fwhm_b`` (
 ``depth_b`` (10-sigma point-source limiting AB magnitude), ``obs_mag_b`` (AB, NaN when not
 detected), ``detected`` (bool); optionally ``true_size`` (arcsec), and per-row detection
 probabilities ``p_detect`` (reference, as the simulator writes them) and ``p_detected``
-(emulated, as :meth:`galray.inference.Emulator.sample` returns them).  Observed magnitudes of
+(emulated, as :meth:`galray.emulator.bundle.Emulator.sample` returns them).  Observed magnitudes of
 undetected rows are ignored.
 
 ``report.json`` holds:

@@ -26,16 +26,17 @@ best checkpoint, logged to the parent run and registered under ``tracking.regist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from galray.config import to_dict
 from galray.errors import ConfigError, OutputExistsError
+from galray.products import get_product
+from galray.training.job import publish
 from galray.tune.results import SweepResult, pick_best, trial_rows
 from galray.tune.search_space import Sweep, TuneSettings, build_sweep, trial_config
 
@@ -49,34 +50,6 @@ BEST_DIR = "best"
 TAG_TRIAL = "galray.trial_id"
 TAG_SWEEP = "galray.sweep"
 TAG_STATUS = "galray.tune_status"
-
-
-@dataclass(frozen=True)
-class Tunable:
-    """What ``galray tune NAME`` needs from a trainer; registering one is all a trainer needs.
-
-    config_cls: the training config dataclass; it must have ``epochs`` (a trial's budget) and a
-    ``tracking`` section with ``enabled``, ``experiment``, ``registered_name`` and ``alias``.
-    metric, mode: default ranking metric, reported every epoch by the training loop.
-    prepare(cfg, log) -> cfg: driver side, once; e.g. write missing data, make paths absolute.
-    train_trial(cfg, *, name, storage, mlflow_info, callbacks, keep_best): inside a trial; run the
-    trainer's Ray Train job under that run name and storage with those Train callbacks
-    (``mlflow_info``: ``{"tracking_uri", "run_id"}`` of the trial's MLflow run, or empty).
-    publish(cfg, checkpoint_dir, out_dir, *, run_id, info, log) -> dict: driver side, once; turn
-    the best checkpoint into the model (saved under ``out_dir``), log/register it in MLflow run
-    ``run_id`` (None: MLflow off) and return ``{"bundle", "model_uri", "registered_uri",
-    "report"}``.
-    fixed: training-config fields a sweep may not search.
-    """
-
-    name: str
-    config_cls: type
-    metric: str
-    mode: str
-    prepare: Callable[..., Any]
-    train_trial: Callable[..., None]
-    publish: Callable[..., dict]
-    fixed: tuple[str, ...] = ("epochs", "tracking", "storage_path")
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -97,24 +70,26 @@ def _run_trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from galray.tune import get_tunable
-
-    tunable = get_tunable(trainer)
-    cfg = trial_config(tunable.config_cls, base_dict, params)
+    spec = get_product(trainer)
+    cfg = trial_config(spec.config_cls, base_dict, params)
     trial_id = ray.tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False
     mlflow_info, client = {}, None
     if mlflow:
         client, run_id = _child_run(mlflow, trial_id, cfg)
         mlflow_info = {"tracking_uri": mlflow["tracking_uri"], "run_id": run_id}
-    tunable.train_trial(
+    trainer = spec.build_trainer(
         cfg,
-        name=trial_id,
+        spec.load_data(cfg),
         storage=str(Path(sweep_dir) / TRIALS_DIR),
+        name=trial_id,
         mlflow_info=mlflow_info,
         callbacks=[TuneReportCallback()],
         keep_best=(metric, mode),
     )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
     if client is not None:
         client.set_terminated(mlflow_info["run_id"], "FINISHED")
 
@@ -217,15 +192,15 @@ def _trial_name(trial) -> str:
     return trial.trial_id
 
 
-def _tuner_parts(tunable: Tunable, sweep: Sweep, sweep_dir: Path, mlflow: dict):
+def _tuner_parts(spec, sweep: Sweep, sweep_dir: Path, mlflow: dict):
     from ray import tune
 
     settings = sweep.settings
-    metric = settings.metric or tunable.metric
+    metric = settings.metric or spec.metric
     trainable = tune.with_resources(
         tune.with_parameters(
             _run_trial,
-            trainer=tunable.name,
+            trainer=spec.name,
             base_dict=sweep.base_dict,
             sweep_dir=str(sweep_dir),
             metric=metric,
@@ -237,16 +212,16 @@ def _tuner_parts(tunable: Tunable, sweep: Sweep, sweep_dir: Path, mlflow: dict):
     return trainable, metric
 
 
-def start_sweep(tunable: Tunable, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResult:
+def start_sweep(spec, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResult:
     """Run a new sweep; its directory must not exist yet."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from galray.trainers.emulator_job import init_ray
+    from galray.training.ray_env import init_ray
 
     t0 = time.perf_counter()
     settings = sweep.settings
-    name = settings.name or f"tune-{tunable.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = settings.name or f"tune-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(settings.storage_path).resolve()
     sweep_dir = storage / name
     if sweep_dir.exists():
@@ -259,16 +234,17 @@ def start_sweep(tunable: Tunable, sweep: Sweep, *, log=print, verbose: int = 1) 
         raise ConfigError(
             f"tune.grace_period: must be <= train.epochs ({epochs}), got {settings.grace_period}"
         )
-    base = tunable.prepare(sweep.base, log)
+    base = spec.absolute_paths(spec.prepare(sweep.base, log))
+    spec.load_data(base)  # check the data once, here, rather than in every trial
     raw = dict(sweep.raw, train=to_dict(base), tune=to_dict(settings) | {"name": name})
-    sweep = build_sweep(tunable.name, tunable.config_cls, raw, fixed=tunable.fixed)
+    sweep = build_sweep(spec.name, spec.config_cls, raw, fixed=spec.fixed)
     init_ray()
     mlflow = _open_parent(sweep, name, log)
     sweep_dir.mkdir(parents=True)
-    state = {"trainer": tunable.name, "raw": raw, "mlflow": mlflow}
+    state = {"trainer": spec.name, "raw": raw, "mlflow": mlflow}
     (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    trainable, metric = _tuner_parts(tunable, sweep, sweep_dir, mlflow)
+    trainable, metric = _tuner_parts(spec, sweep, sweep_dir, mlflow)
     tuner = tune.Tuner(
         trainable,
         param_space=sweep.param_space(),
@@ -287,11 +263,9 @@ def start_sweep(tunable: Tunable, sweep: Sweep, *, log=print, verbose: int = 1) 
         ),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose),
     )
-    log(
-        f"sweep {name}: {sweep_dir}  (resume with: galray tune {tunable.name} --resume {sweep_dir})"
-    )
+    log(f"sweep {name}: {sweep_dir}  (resume with: galray tune {spec.name} --resume {sweep_dir})")
     grid = tuner.fit()
-    return _finish(tunable, sweep, sweep_dir, grid, mlflow, t0, log)
+    return _finish(spec, sweep, sweep_dir, grid, mlflow, t0, log)
 
 
 def resume_sweep(
@@ -302,8 +276,7 @@ def resume_sweep(
     the sweep must be one of this trainer."""
     from ray import tune
 
-    from galray.trainers.emulator_job import init_ray
-    from galray.tune import get_tunable
+    from galray.training.ray_env import init_ray
 
     t0 = time.perf_counter()
     sweep_dir = Path(path).resolve()
@@ -313,8 +286,8 @@ def resume_sweep(
     state = json.loads(state_path.read_text())
     if trainer is not None and state["trainer"] != trainer:
         raise ConfigError(f"--resume: {sweep_dir} is a sweep of {state['trainer']}, not {trainer}")
-    tunable = get_tunable(state["trainer"])
-    sweep = build_sweep(tunable.name, tunable.config_cls, state["raw"], fixed=tunable.fixed)
+    spec = get_product(state["trainer"])
+    sweep = build_sweep(spec.name, spec.config_cls, state["raw"], fixed=spec.fixed)
     init_ray()
     mlflow = state["mlflow"]
     if mlflow:
@@ -326,13 +299,13 @@ def resume_sweep(
         mlflow_module.MlflowClient().update_run(mlflow["parent_run_id"], status="RUNNING")
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise ConfigError(f"--resume: {sweep_dir} holds no Tune experiment state yet")
-    trainable, _ = _tuner_parts(tunable, sweep, sweep_dir, mlflow)
+    trainable, _ = _tuner_parts(spec, sweep, sweep_dir, mlflow)
     log(f"resuming sweep {sweep_dir.name} from {sweep_dir}")
     tuner = tune.Tuner.restore(
         str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
     )
     grid = tuner.fit()
-    return _finish(tunable, sweep, sweep_dir, grid, mlflow, t0, log)
+    return _finish(spec, sweep, sweep_dir, grid, mlflow, t0, log)
 
 
 def _open_parent(sweep: Sweep, name: str, log) -> dict:
@@ -366,28 +339,30 @@ def _open_parent(sweep: Sweep, name: str, log) -> dict:
 # ----------------------------------------------------------------------------- the end
 
 
-def _finish(tunable, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log) -> SweepResult:
+def _finish(spec, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log) -> SweepResult:
     settings = sweep.settings
-    metric = settings.metric or tunable.metric
+    metric = settings.metric or spec.metric
     rows = trial_rows(grid, metric, settings.mode, sweep.base.epochs)
-    expected = sweep.settings.num_samples * math.prod(
-        len(d.args) for d in sweep.space if d.kind == "grid"
-    )
-    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
-        # Tune returns normally after Ctrl-C: publish nothing, leave the parent run RUNNING
-        log(f"sweep interrupted; continue it with: galray tune {tunable.name} --resume {sweep_dir}")
+
+    def outcome(**kwargs) -> SweepResult:
         return SweepResult(
-            trainer=tunable.name,
+            trainer=spec.name,
             name=sweep_dir.name,
             path=str(sweep_dir),
             metric=metric,
             mode=settings.mode,
             parent_run_id=mlflow.get("parent_run_id"),
             trials=rows,
-            best=None,
-            seconds=time.perf_counter() - t0,
-            interrupted=True,
+            **kwargs,
         )
+
+    expected = sweep.settings.num_samples * math.prod(
+        len(d.args) for d in sweep.space if d.kind == "grid"
+    )
+    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
+        # Tune returns normally after Ctrl-C: publish nothing, leave the parent run RUNNING
+        log(f"sweep interrupted; continue it with: galray tune {spec.name} --resume {sweep_dir}")
+        return outcome(best=None, seconds=time.perf_counter() - t0, interrupted=True)
     best = pick_best(rows)
     client = None
     if mlflow:
@@ -407,7 +382,8 @@ def _finish(tunable, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log)
     if best is not None:
         cfg = sweep.trial_config(best.params)
         info = {"sweep": sweep_dir.name, "trial_id": best.trial_id, "trial_run_id": best.run_id}
-        model = tunable.publish(
+        published = publish(
+            spec,
             cfg,
             best.checkpoint,
             sweep_dir / BEST_DIR,
@@ -415,6 +391,7 @@ def _finish(tunable, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log)
             info=info,
             log=log,
         )
+        model = dataclasses.asdict(published)
     seconds = time.perf_counter() - t0
     if client is not None:
         parent = mlflow["parent_run_id"]
@@ -428,15 +405,4 @@ def _finish(tunable, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log)
         client.log_metric(parent, "trial_epochs", sum(r.epochs for r in rows))
         client.log_metric(parent, "trials", len(rows))
         client.set_terminated(parent, "FINISHED" if best is not None else "FAILED")
-    return SweepResult(
-        trainer=tunable.name,
-        name=sweep_dir.name,
-        path=str(sweep_dir),
-        metric=metric,
-        mode=settings.mode,
-        parent_run_id=mlflow.get("parent_run_id"),
-        trials=rows,
-        best=best,
-        model=model,
-        seconds=seconds,
-    )
+    return outcome(best=best, model=model, seconds=seconds)

@@ -4,13 +4,13 @@ A saved emulator is a directory (a "bundle")::
 
     emulator.json    format version, bands, model kind (``gan`` or ``flow``), network configs,
                      training provenance
-    features.json    column order and standardisation (:class:`galray.features.EmulatorFeatures`)
+    features.json    column order and standardisation (:class:`galray.emulator.features.EmulatorFeatures`)
     generator.pt     state dict of the conditional generator (the cWGAN-GP's generator or the
                      conditional flow: both map base noise and conditions to a measurement)
     detection.pt     state dict of the detection model
 
 MLflow stores the same directory as the artifacts of a logged model, so a registry URI resolves
-to it (:func:`load_emulator`).
+to it (:func:`galray.emulator.registry.load_emulator`).  Loading a bundle imports no trainer.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from galray.emulator.features import EmulatorFeatures
 from galray.errors import DataError, ModelNotFoundError
-from galray.features import EmulatorFeatures
 from galray.io import atomic_directory
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 from galray.models.flow import ConditionalFlow, FlowConfig
 
+BUNDLE_META = "emulator.json"
 BUNDLE_VERSION = 1
 # Rows per network call when sampling on a CPU: a block's activations must stay in cache
 # (8192 rows sample ~1.9x faster than 65536 through an MLP 128x3 on one core).  Other devices
@@ -145,7 +146,7 @@ class Emulator:
                 "flow": asdict(self.flow) if self.flow is not None else None,
                 "info": self.info,
             }
-            (tmp / "emulator.json").write_text(json.dumps(meta, indent=2))
+            (tmp / BUNDLE_META).write_text(json.dumps(meta, indent=2))
             (tmp / "features.json").write_text(self.features.to_json())
             torch.save(_cpu_state(self.generator), tmp / "generator.pt")
             torch.save(_cpu_state(self.detection), tmp / "detection.pt")
@@ -154,9 +155,9 @@ class Emulator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Emulator:
         path = Path(path)
-        meta_path = path / "emulator.json"
+        meta_path = path / BUNDLE_META
         if not meta_path.is_file():
-            raise ModelNotFoundError(f"{path}: not a galray emulator (no emulator.json)")
+            raise ModelNotFoundError(f"{path}: not a galray emulator (no {BUNDLE_META})")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != "galray.emulator" or meta.get("version") != BUNDLE_VERSION:
             raise ModelNotFoundError(
@@ -199,11 +200,3 @@ def _as_columns(rows: Mapping[str, np.ndarray] | pd.DataFrame) -> dict[str, np.n
             f"emulator input: expected a DataFrame or a mapping of columns, got {type(rows).__name__}"
         )
     return {k: np.asarray(v) for k, v in rows.items()}
-
-
-def load_emulator(uri: str, device: str | torch.device = "cpu") -> Emulator:
-    """Load an emulator from a local bundle directory, ``runs:/RUN_ID/PATH`` or ``models:/NAME@ALIAS``
-    (``models:/NAME/VERSION``) through the MLflow tracking server / registry in use."""
-    from galray.tracking import resolve_model_uri
-
-    return Emulator.load(resolve_model_uri(uri), device=device)

@@ -9,18 +9,18 @@ Metrics accumulate into a device tensor read once per epoch (no host sync per ba
 Precision and layout: on a GPU the forward passes run under bf16 autocast and the networks and
 batches are ``channels_last`` (both configurable); the generator's sigmoid, the losses and the
 optimiser state stay fp32.  Gradients are averaged across ranks by one flat ``all_reduce`` per
-network and update (:class:`galray.trainers.emulator_step.GradientSync`: DDP's arithmetic), so the
+network and update (:class:`galray.training.modules.GradientSync`: DDP's arithmetic), so the
 same code runs on one CPU worker and on N GPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import torch
 
 from galray.config import require
+from galray.deepfield.config import DeepFieldOptimConfig
 from galray.models.sgan import (
     Critic,
     Generator,
@@ -28,145 +28,59 @@ from galray.models.sgan import (
     pack,
     relativistic_average_losses,
 )
-from galray.trainers.emulator_step import GradientSync
+from galray.training.modules import (
+    EMA,
+    GradientSync,
+    LearningRates,
+    MetricSums,
+    TrainingState,
+)
 
 METRIC_NAMES = ("critic_loss", "generator_loss", "logit_gap")
 
 
-@dataclass
-class SGANOptimConfig:
-    """SGAN optimisation (Smith & Geach 2019: Adam at 2e-4, 30 batches of 128 crops of 64, 128 or
-    256 pixels per epoch; betas are DCGAN's, the paper does not state them).
+class SGANModules(TrainingState):
+    """The SGAN's generator, packed critic, their optimisers, the generator's EMA, and how the
+    forward passes run (``amp_dtype`` autocast, ``channels_last`` layout)."""
 
-    batch_size: crops per batch per worker (a multiple of the critic's ``pack``).
-    crop_sizes: crop side choices in pixels (multiples of 16); one is drawn per batch.
-    batches_per_epoch: batches per epoch.  critic_steps: critic updates per generator update.
-    augment: random flips and transposes of each crop (a deep field has no preferred axis).
-    ema_decay: the exported generator is an exponential moving average of the trained one
-    (0 disables it), a continuous version of the paper's self-ensemble of snapshots.
-    warmdown: final fraction of training over which the learning rates decay linearly to 0.
-    """
-
-    batch_size: int = 128
-    crop_sizes: tuple[int, ...] = (64, 128, 256)
-    batches_per_epoch: int = 30
-    critic_steps: int = 1
-    lr_generator: float = 2e-4
-    lr_critic: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    augment: bool = True
-    ema_decay: float = 0.999
-    warmdown: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
-        self.crop_sizes = tuple(int(s) for s in self.crop_sizes)
-        require(
-            len(self.crop_sizes) >= 1 and all(s >= 16 and s % 16 == 0 for s in self.crop_sizes),
-            "crop_sizes",
-            f"must be multiples of 16 pixels, got {self.crop_sizes}",
-        )
-        require(self.batches_per_epoch >= 1, "batches_per_epoch", "must be >= 1")
-        require(self.critic_steps >= 1, "critic_steps", f"must be >= 1, got {self.critic_steps}")
-        for name in ("lr_generator", "lr_critic"):
-            value = getattr(self, name)
-            require(0 < value < 1, name, f"must be in (0, 1), got {value}")
-        betas = tuple(self.betas)
-        require(
-            len(betas) == 2 and all(0 <= b < 1 for b in betas),
-            "betas",
-            f"must be two numbers in [0, 1), got {self.betas}",
-        )
-        self.betas = (float(betas[0]), float(betas[1]))
-        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(0 <= self.warmdown <= 1, "warmdown", f"must be in [0, 1], got {self.warmdown}")
-
-
-@dataclass
-class SGANModules:
-    generator: Generator
-    critic: Critic
-    opt_generator: torch.optim.Optimizer
-    opt_critic: torch.optim.Optimizer
-    ema_decay: float = 0.0
-    amp_dtype: torch.dtype | None = None  # autocast dtype (None: full precision)
-    channels_last: bool = False
-    sums: torch.Tensor = field(init=False)  # running sums of METRIC_NAMES, plus a batch count
-    ema_generator: Generator = field(init=False)
-
-    def __post_init__(self) -> None:
-        device = next(self.generator.parameters()).device
-        self.sums = torch.zeros(len(METRIC_NAMES) + 1, device=device)
-        self.ema_generator = Generator(self.generator.cfg).to(device)
-        self.ema_generator.load_state_dict(self.generator.state_dict())
-        self.ema_generator.requires_grad_(False)
-        if self.channels_last:
-            self.ema_generator.to(memory_format=torch.channels_last)
-        self.ema_count = 0
-        self.base_lr = [
-            [float(g["lr"]) for g in o.param_groups] for o in (self.opt_generator, self.opt_critic)
-        ]
+    def __init__(
+        self,
+        generator: Generator,
+        critic: Critic,
+        opt_generator: torch.optim.Optimizer,
+        opt_critic: torch.optim.Optimizer,
+        ema_decay: float = 0.0,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ):
+        self.generator, self.critic = generator, critic
+        self.opt_generator, self.opt_critic = opt_generator, opt_critic
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.metrics = MetricSums(METRIC_NAMES, next(generator.parameters()).device)
+        self.ema = EMA(generator, ema_decay)
+        self.rates = LearningRates([opt_generator, opt_critic])
 
     @property
     def device(self) -> torch.device:
-        return self.sums.device
-
-    @property
-    def exported_generator(self) -> Generator:
-        """What samples and the saved model use: the EMA generator if enabled."""
-        return self.ema_generator if self.ema_decay > 0 else self.generator
+        return self.metrics.sums.device
 
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """``ema <- ema + w (θ - ema)`` with ``w = 1 - min(decay, (1 + n) / (10 + n))`` after
-        ``n`` updates: early averages are not pinned to the initial weights."""
-        if self.ema_decay <= 0:
-            return
-        self.ema_count += 1
-        n = self.ema_count
-        w = 1.0 - min(self.ema_decay, (1.0 + n) / (10.0 + n))
-        ema = list(self.ema_generator.parameters())
-        torch._foreach_lerp_(ema, list(self.generator.parameters()), w)
-
-    def set_lr_scale(self, scale: float) -> None:
-        for opt, bases in zip((self.opt_generator, self.opt_critic), self.base_lr):
-            for group, base in zip(opt.param_groups, bases):
-                group["lr"] = base * scale
-
-    def state_dict(self) -> dict:
+    def parts(self) -> dict:
         return {
-            "generator": self.generator.state_dict(),
-            "critic": self.critic.state_dict(),
-            "opt_generator": self.opt_generator.state_dict(),
-            "opt_critic": self.opt_critic.state_dict(),
-            "ema_generator": self.ema_generator.state_dict(),
-            "ema_count": self.ema_count,
+            "generator": self.generator,
+            "critic": self.critic,
+            "opt_generator": self.opt_generator,
+            "opt_critic": self.opt_critic,
         }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.critic.load_state_dict(state["critic"])
-        self.opt_generator.load_state_dict(state["opt_generator"])
-        self.opt_critic.load_state_dict(state["opt_critic"])
-        self.ema_generator.load_state_dict(state["ema_generator"])
-        self.ema_count = int(state["ema_count"])
-
-    def pop_metrics(self) -> dict[str, float]:
-        """Mean of each metric since the last call (one host sync)."""
-        sums = self.sums.detach().cpu().tolist()
-        self.sums.zero_()
-        count = max(sums[-1], 1.0)
-        return {name: s / count for name, s in zip(METRIC_NAMES, sums[:-1])}
 
 
 def build_sgan_modules(
     net: SGANNetConfig,
-    opt: SGANOptimConfig,
+    opt: DeepFieldOptimConfig,
     device: torch.device,
     seed: int,
     *,
@@ -237,7 +151,7 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_batch(m: SGANModules, real: torch.Tensor, opt: SGANOptimConfig, sync: GradientSync):
+def train_batch(m: SGANModules, real: torch.Tensor, opt: DeepFieldOptimConfig, sync: GradientSync):
     """One batch: ``critic_steps`` critic updates, one generator update, EMA.  ``real`` is
     ``[B, C, S, S]`` of scaled crops.  No host synchronisation."""
     gen, critic, p = m.generator, m.critic, m.critic.pack
@@ -276,11 +190,10 @@ def train_batch(m: SGANModules, real: torch.Tensor, opt: SGANOptimConfig, sync: 
 
     with torch.no_grad():
         gap = logits[:half].mean() - logits[half:].mean()
-        one = torch.ones((), device=real.device)
-        m.sums += torch.stack([d_loss, g_loss, gap, one]).detach().float()
+    m.metrics.add([d_loss, g_loss, gap])
 
 
-def batch_sizes(opt: SGANOptimConfig, generator: torch.Generator) -> list[int]:
+def batch_sizes(opt: DeepFieldOptimConfig, generator: torch.Generator) -> list[int]:
     """The crop size of each batch of an epoch (the same on every rank for the same generator)."""
     choice = torch.randint(0, len(opt.crop_sizes), (opt.batches_per_epoch,), generator=generator)
     return [opt.crop_sizes[int(i)] for i in choice]

@@ -226,7 +226,7 @@ class ShardWriter:
         import ray
         import torch
 
-        from galray.inference import Emulator
+        from galray.emulator.bundle import Emulator
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.emulator = Emulator.load(model_path, device=device)
@@ -278,9 +278,9 @@ def _resolve_model(uri: str) -> Path:
     path = Path(uri)
     if (path / "emulator.json").is_file():
         return path.resolve()
-    from galray.tracking import resolve_model_uri
+    from galray.emulator.registry import resolve_emulator_uri
 
-    return resolve_model_uri(uri)
+    return resolve_emulator_uri(uri)
 
 
 def _identity(cfg: EmulateConfig, model_path: Path, n_rows: int) -> dict:
@@ -332,7 +332,8 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     import ray.data
     from tqdm import tqdm
 
-    from galray.inference import Emulator
+    from galray.emulator.bundle import Emulator
+    from galray.training.ray_env import init_ray
 
     t0 = time.perf_counter()
     model_path = _resolve_model(cfg.model)  # ModelNotFoundError before anything is written
@@ -356,8 +357,7 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
 
     peak_rss = 0.0  # the largest worker's peak resident memory, MB
     if pending:
-        if not ray.is_initialized():
-            ray.init()
+        init_ray()
         ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))

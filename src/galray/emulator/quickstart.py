@@ -95,11 +95,11 @@ def quickstart(
     """Run the quickstart into ``out``; ``model``: ``flow`` or ``gan``; ``epochs``: default
     :data:`DEFAULT_EPOCHS` of the model."""
     from galray.datasets.simulate import SurveyConfig, simulate_survey
-    from galray.emulate import EmulateConfig, emulate
+    from galray.emulator.config import EmulatorTrainConfig
+    from galray.emulator.emulate import EmulateConfig, emulate
+    from galray.emulator.spec import train_emulator
     from galray.errors import ConfigError
     from galray.evaluation.emulator import fidelity_report
-    from galray.trainers.emulator import EmulatorTrainConfig
-    from galray.trainers.emulator_job import train_emulator
 
     if model not in MODEL_OVERRIDES:
         raise ConfigError(f"--model: must be one of {sorted(MODEL_OVERRIDES)}, got {model!r}")

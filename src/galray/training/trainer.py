@@ -1,33 +1,15 @@
-"""What every galray Ray Train job shares: the ``TorchTrainer`` built from a job's scaling,
-failure and checkpoint settings (used by the emulator and SGAN drivers and by Tune trials)."""
+"""The ``TorchTrainer`` of a galray training job, built from the job's worker scaling, failure
+and checkpoint settings (used by :func:`galray.training.job.run_training` and by Tune trials)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 from galray.errors import ConfigError
 
 # CPUs a Ray Data read task asks for (its default): a local instance must keep this much free
 DATA_TASK_CPUS = 1.0
-
-
-def worker_print(line: str) -> None:
-    """One progress line from a Train worker to the job's console, once.  Ray Train patches
-    ``print`` in its workers to go through the root logger *and*, because the worker's
-    ``sys.stdout`` is wrapped, to the stream as well, so a plain ``print`` reaches the driver
-    twice; the process's own stdout is forwarded once."""
-    sys.__stdout__.write(line + "\n")
-    sys.__stdout__.flush()
-
-
-def use_torch_threads(scaling) -> None:
-    """Inside a worker: ``scaling.torch_threads`` torch CPU threads, when set."""
-    if scaling.torch_threads:
-        import torch
-
-        torch.set_num_threads(int(scaling.torch_threads))
 
 
 def check_room_for_data(scaling, *, reads_data: bool) -> None:
@@ -63,7 +45,7 @@ def torch_trainer(
     datasets_to_split: Sequence[str] = (),
 ):
     """A ``TorchTrainer`` running ``train_loop(loop_config)`` on ``scaling``
-    (:class:`~galray.trainers.emulator.ScalingConfig`) workers, checkpointing under
+    (:class:`~galray.training.config.WorkerScaling`) workers, checkpointing under
     ``storage/name`` and restarting a failed worker group up to ``max_failures`` times.
 
     callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).

@@ -7,7 +7,8 @@ A saved generator is a directory (a "bundle")::
     generator.pt    state dict of the generator (the EMA weights when training kept them)
 
 MLflow stores the same directory as the ``bundle`` artifact of a logged pyfunc model
-(:mod:`galray.deepfield.registry`), so ``models:/NAME@ALIAS`` resolves to it.
+(:mod:`galray.deepfield.registry`), so ``models:/NAME@ALIAS`` resolves to it.  Loading a bundle
+imports no trainer.
 """
 
 from __future__ import annotations
@@ -192,11 +193,3 @@ class DeepFieldModel:
                 f"{path}: damaged deep-field generator bundle ({exc})"
             ) from exc
         return model.to(device)
-
-
-def load_deepfield_model(uri: str, device: str | torch.device = "cpu") -> DeepFieldModel:
-    """Load a deep-field generator from a bundle directory, ``runs:/RUN_ID/sgan`` or
-    ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``) through the MLflow store in use."""
-    from galray.deepfield.registry import resolve_deepfield_uri
-
-    return DeepFieldModel.load(resolve_deepfield_uri(uri), device=device)

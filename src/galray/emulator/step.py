@@ -9,22 +9,19 @@ can be captured whole as a CUDA graph (:class:`GroupRunner`), which removes the 
 overhead that bounds small-batch GAN steps on a GPU.
 
 Data parallelism: after every backward the gradients are averaged across ranks with one
-``all_reduce`` of a flat buffer (:class:`GradientSync`) -- the arithmetic of DDP.  DDP's own reducer
-is not used because its hooks assume one backward per forward, and the gradient penalty's double
-backward breaks that, and because an explicit collective can be captured in the CUDA graph.
+``all_reduce`` of a flat buffer (:class:`~galray.training.modules.GradientSync`) -- the
+arithmetic of DDP, in a form the gradient penalty's double backward and a CUDA graph allow.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from galray.config import require
+from galray.emulator.config import EmulatorOptimConfig
 from galray.models.emulator import (
     ConditionalGenerator,
     Critic,
@@ -33,57 +30,18 @@ from galray.models.emulator import (
     gradient_penalty,
 )
 from galray.models.flow import ConditionalFlow, FlowConfig
+from galray.training.modules import (
+    EMA,
+    GradientSync,
+    LearningRates,
+    MetricSums,
+    TrainingState,
+)
 
 GAN_METRICS = ("critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "detection_bce")
 FLOW_METRICS = ("nll", "detection_bce")
 FLOW_BETAS = (0.9, 0.999)  # Adam's defaults: a likelihood needs no GAN-style low momentum
 FLOW_CLIP_NORM = 10.0  # rare outliers (blends) give huge likelihood gradients early on
-
-
-@dataclass
-class OptimConfig:
-    """WGAN-GP optimisation (defaults from Gulrajani et al. 2017: lr 1e-4, Adam betas (0, 0.9),
-    5 critic steps per generator step, penalty weight 10).  The flow uses ``batch_size``,
-    ``lr_generator`` (its learning rate), the detection settings, ``ema_decay`` and ``warmdown``;
-    it trains with Adam's default betas and clips its gradient norm at 10.
-
-    batch_size: rows per critic (and generator) batch, per worker.
-    detection_batch_size: rows per detection-model batch (all rows, detected or not).
-    ema_decay: the exported generator is an exponential moving average of the trained one
-    (0 disables it); averaging damps the GAN's oscillation around the equilibrium.
-    warmdown: fraction of training at the end over which every learning rate decays linearly
-    to zero (of ``epochs`` or of ``time_budget_s``, whichever runs out first).
-    """
-
-    batch_size: int = 512
-    critic_steps: int = 5
-    gp_weight: float = 10.0
-    one_sided_penalty: bool = True
-    lr_generator: float = 1e-4
-    lr_critic: float = 1e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    lr_detection: float = 1e-3
-    detection_batch_size: int = 2048
-    ema_decay: float = 0.999
-    warmdown: float = 0.3
-
-    def __post_init__(self) -> None:
-        require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
-        require(self.critic_steps >= 1, "critic_steps", f"must be >= 1, got {self.critic_steps}")
-        require(self.gp_weight >= 0, "gp_weight", f"must be >= 0, got {self.gp_weight}")
-        for name in ("lr_generator", "lr_critic", "lr_detection"):
-            value = getattr(self, name)
-            require(0 < value < 1, name, f"must be in (0, 1), got {value}")
-        betas = tuple(self.betas)
-        require(
-            len(betas) == 2 and all(0 <= b < 1 for b in betas),
-            "betas",
-            f"must be two numbers in [0, 1), got {self.betas}",
-        )
-        self.betas = (float(betas[0]), float(betas[1]))
-        require(self.detection_batch_size >= 2, "detection_batch_size", "must be >= 2")
-        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(0 <= self.warmdown <= 1, "warmdown", f"must be in [0, 1], got {self.warmdown}")
 
 
 @dataclass
@@ -108,27 +66,27 @@ class DeviceData:
         return self.cond_all.shape[0]
 
 
-@dataclass
-class EmulatorModules:
+class EmulatorModules(TrainingState):
     """Networks and optimisers of one emulator.  ``critic``/``opt_critic`` are ``None`` for the
     flow, whose ``generator`` is a :class:`~galray.models.flow.ConditionalFlow`."""
 
-    generator: ConditionalGenerator | ConditionalFlow
-    critic: Critic | None
-    detection: DetectionModel
-    opt_generator: torch.optim.Optimizer
-    opt_critic: torch.optim.Optimizer | None
-    opt_detection: torch.optim.Optimizer
-    ema_decay: float = 0.0
-    sums: torch.Tensor = field(init=False)  # running sums of metric_names, plus a group count
-    ema_generator: nn.Module = field(init=False)
-
-    def __post_init__(self) -> None:
-        device = next(self.generator.parameters()).device
-        self.sums = torch.zeros(len(self.metric_names) + 1, device=device)
-        self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
-        self.ema_count = torch.zeros((), device=device)
-        self.base_lr = [[float(g["lr"]) for g in o.param_groups] for o in self.optimizers]
+    def __init__(
+        self,
+        generator: ConditionalGenerator | ConditionalFlow,
+        critic: Critic | None,
+        detection: DetectionModel,
+        opt_generator: torch.optim.Optimizer,
+        opt_critic: torch.optim.Optimizer | None,
+        opt_detection: torch.optim.Optimizer,
+        ema_decay: float = 0.0,
+    ):
+        self.generator, self.critic, self.detection = generator, critic, detection
+        self.opt_generator, self.opt_critic = opt_generator, opt_critic
+        self.opt_detection = opt_detection
+        device = next(generator.parameters()).device
+        self.metrics = MetricSums(FLOW_METRICS if critic is None else GAN_METRICS, device)
+        self.ema = EMA(generator, ema_decay)
+        self.rates = LearningRates(self.optimizers)
 
     @property
     def is_flow(self) -> bool:
@@ -136,7 +94,7 @@ class EmulatorModules:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return FLOW_METRICS if self.is_flow else GAN_METRICS
+        return self.metrics.names
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -147,66 +105,22 @@ class EmulatorModules:
         opts = (self.opt_generator, self.opt_critic, self.opt_detection)
         return [o for o in opts if o is not None]
 
-    @property
-    def exported_generator(self) -> nn.Module:
-        """What validation and the saved model use: the EMA generator if enabled."""
-        return self.ema_generator if self.ema_decay > 0 else self.generator
-
-    def update_ema(self) -> None:
-        """``ema += w (θ - ema)`` with ``w = 1 - min(decay, (1 + n) / (10 + n))`` after ``n``
-        updates, so short runs are not dominated by the initial weights.  Device tensors only:
-        capturable in a CUDA graph."""
-        if self.ema_decay <= 0:
-            return
-        self.ema_count += 1
-        w = 1.0 - torch.clamp((1.0 + self.ema_count) / (10.0 + self.ema_count), max=self.ema_decay)
-        ema = list(self.ema_generator.parameters())
-        torch._foreach_mul_(ema, 1.0 - w)
-        torch._foreach_add_(ema, torch._foreach_mul(list(self.generator.parameters()), w))
-
-    def set_lr_scale(self, scale: float) -> None:
-        """Multiply every optimiser's base learning rate by ``scale`` (in place, so a captured
-        CUDA graph, which reads a tensor learning rate, sees it)."""
-        for opt, bases in zip(self.optimizers, self.base_lr):
-            for group, base in zip(opt.param_groups, bases):
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(base * scale)
-                else:
-                    group["lr"] = base * scale
-
-    def _parts(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
-        parts = {
+    def parts(self) -> dict[str, nn.Module | torch.optim.Optimizer | None]:
+        return {
             "generator": self.generator,
             "critic": self.critic,
             "detection": self.detection,
             "opt_generator": self.opt_generator,
             "opt_critic": self.opt_critic,
             "opt_detection": self.opt_detection,
-            "ema_generator": self.ema_generator,
         }
-        return {k: v for k, v in parts.items() if v is not None}
-
-    def state_dict(self) -> dict:
-        return {k: v.state_dict() for k, v in self._parts().items()} | {"ema_count": self.ema_count}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, part in self._parts().items():
-            part.load_state_dict(state[name])
-        self.ema_count.copy_(state["ema_count"])
-
-    def pop_metrics(self) -> dict[str, float]:
-        """Mean of each metric since the last call (one host sync)."""
-        sums = self.sums.detach().cpu().tolist()
-        self.sums.zero_()
-        count = max(sums[-1], 1.0)
-        return {name: s / count for name, s in zip(self.metric_names, sums[:-1])}
 
 
 def build_modules(
     n_cond: int,
     n_target: int,
     net: NetConfig,
-    opt: OptimConfig,
+    opt: EmulatorOptimConfig,
     device: torch.device,
     seed: int,
     flow: FlowConfig | None = None,
@@ -241,34 +155,15 @@ def build_modules(
     )
 
 
-class GradientSync:
-    """Average gradients across ranks with one flat ``all_reduce`` (a no-op on one rank)."""
-
-    def __init__(self, world_size: int):
-        self.world_size = world_size
-
-    def __call__(self, module: nn.Module) -> None:
-        if self.world_size == 1:
-            return
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat.div_(self.world_size)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
 def train_group(
     m: EmulatorModules,
     data: DeviceData,
     idx_critic: torch.Tensor,  # [steps, B] rows of the detected set
     idx_det: torch.Tensor,  # [Bd] rows of the full set
-    opt: OptimConfig,
+    opt: EmulatorOptimConfig,
     sync: GradientSync,
 ) -> None:
-    """One group of updates; accumulates metrics into ``m.sums``.  No host synchronisation.
+    """One group of updates; accumulates metrics into ``m.metrics``.  No host synchronisation.
     The flow uses the last row of ``idx_critic`` (it is drawn with one step per group)."""
     losses = (
         _flow_update(m, data, idx_critic[-1], sync)
@@ -282,13 +177,15 @@ def train_group(
     sync(m.detection)
     m.opt_detection.step()
 
-    with torch.no_grad():
-        one = torch.ones((), device=bce.device)
-        m.sums += torch.stack([*losses, bce, one]).detach()
+    m.metrics.add([*losses, bce])
 
 
 def _gan_updates(
-    m: EmulatorModules, data: DeviceData, idx: torch.Tensor, opt: OptimConfig, sync: GradientSync
+    m: EmulatorModules,
+    data: DeviceData,
+    idx: torch.Tensor,
+    opt: EmulatorOptimConfig,
+    sync: GradientSync,
 ) -> list[torch.Tensor]:
     """``critic_steps`` WGAN-GP critic updates, then one generator update."""
     gen, critic = m.generator, m.critic
@@ -347,7 +244,7 @@ class GroupRunner:
         self,
         m: EmulatorModules,
         data: DeviceData,
-        opt: OptimConfig,
+        opt: EmulatorOptimConfig,
         sync: GradientSync,
         cuda_graph: bool = False,
     ):
@@ -380,14 +277,14 @@ class GroupRunner:
             train_group(*args)
 
 
-def steps_per_group(opt: OptimConfig, flow: bool) -> int:
+def steps_per_group(opt: EmulatorOptimConfig, flow: bool) -> int:
     """Batches of detected rows one group consumes: ``critic_steps`` for the GAN, 1 for a flow."""
     return 1 if flow else opt.critic_steps
 
 
 def epoch_indices(
     data: DeviceData,
-    opt: OptimConfig,
+    opt: EmulatorOptimConfig,
     generator: torch.Generator,
     groups: int | None = None,
     steps: int | None = None,
@@ -415,18 +312,10 @@ def epoch_indices(
     return idx_critic, idx_det
 
 
-def lr_scale(progress: float, warmdown: float) -> float:
-    """Learning-rate multiplier at ``progress`` in [0, 1] of training: 1, then a linear decay to
-    0 over the last ``warmdown`` fraction."""
-    if warmdown <= 0 or progress <= 1.0 - warmdown:
-        return 1.0
-    return max(0.0, (1.0 - progress) / warmdown)
-
-
 def run_epoch(
     runner: GroupRunner,
     data: DeviceData,
-    opt: OptimConfig,
+    opt: EmulatorOptimConfig,
     generator: torch.Generator,
     groups: int | None = None,
 ) -> int:

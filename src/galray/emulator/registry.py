@@ -1,0 +1,92 @@
+"""The emulator in the MLflow registry: its bundle kind, its pyfunc face, loading by URI.
+
+:func:`log_emulator` logs an emulator bundle directory (:mod:`galray.emulator.bundle`) as the
+MLflow pyfunc model ``emulator`` of a run (the bundle travels unchanged as the model's ``bundle``
+artifact), so ``galray.load_emulator(uri)`` and ``mlflow.pyfunc.load_model(uri).predict(df)``
+give the same samples.  :func:`load_emulator` loads by ``models:/NAME@ALIAS``,
+``models:/NAME/VERSION``, ``models:/m-<id>``, ``runs:/RUN_ID/emulator`` or a local directory
+(:func:`galray.registry.resolve_bundle_uri`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from galray import registry
+from galray.datasets import schema
+from galray.emulator.bundle import BUNDLE_META, Emulator
+
+MODEL_NAME = "emulator"  # the logged model's name: runs:/RUN_ID/emulator
+
+
+class EmulatorPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of an emulator bundle.
+
+    ``predict(df, params={"seed": 0})``: ``df`` holds the emulator's input columns; returns a
+    DataFrame of :meth:`galray.emulator.bundle.Emulator.sample` (same index as ``df``).
+    """
+
+    def load_context(self, context) -> None:
+        self.emulator = Emulator.load(context.artifacts[registry.BUNDLE_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        seed = int((params or {}).get("seed", 0))
+        out = self.emulator.sample(model_input, seed=seed)
+        index = model_input.index if isinstance(model_input, pd.DataFrame) else None
+        return pd.DataFrame(out, index=index)
+
+
+def _signature(emulator: Emulator) -> ModelSignature:
+    """Outputs and the ``seed`` param.  No input schema: MLflow would then refuse integer columns
+    (int64 -> double may lose precision), and :meth:`Emulator.sample` checks its columns anyway;
+    they are listed in the model's metadata instead."""
+    outputs = [ColSpec("boolean", "detected"), ColSpec("float", "p_detected")]
+    for band in emulator.bands:
+        outputs += [ColSpec("float", schema.obs_flux(band)), ColSpec("float", schema.obs_mag(band))]
+    return ModelSignature(
+        outputs=Schema(outputs), params=ParamSchema([ParamSpec("seed", "long", 0)])
+    )
+
+
+KIND = registry.BundleKind(
+    label="emulator",
+    meta_file=BUNDLE_META,
+    model_name=MODEL_NAME,
+    load=Emulator.load,
+    python_model=EmulatorPyfunc,
+    signature=_signature,
+    metadata=lambda e: {"galray_input_columns": e.input_columns, "galray_bands": e.bands},
+)
+
+
+def log_emulator(
+    bundle_dir: str | os.PathLike,
+    *,
+    registered_name: str | None,
+    alias: str | None,
+    run_id: str | None = None,
+) -> registry.ModelRef:
+    """Log, register and alias an emulator bundle (see :func:`galray.registry.log_bundle`)."""
+    return registry.log_bundle(
+        KIND, bundle_dir, registered_name=registered_name, alias=alias, run_id=run_id
+    )
+
+
+def resolve_emulator_uri(uri: str | os.PathLike) -> Path:
+    """The local emulator bundle directory ``uri`` names (see
+    :func:`galray.registry.resolve_bundle_uri`)."""
+    return registry.resolve_bundle_uri(KIND, uri)
+
+
+def load_emulator(uri: str | os.PathLike, device: str | torch.device = "cpu") -> Emulator:
+    """Load an emulator from a local bundle directory, ``runs:/RUN_ID/PATH`` or
+    ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``) through the MLflow tracking server /
+    registry in use."""
+    return Emulator.load(resolve_emulator_uri(uri), device=device)

@@ -1,0 +1,198 @@
+"""The emulator as a product of the job skeleton (:mod:`galray.training.job`): what ``galray
+train emulator``, ``galray tune emulator`` and ``jobs/train_emulator.py`` run.
+
+Data: the injection catalog and condition maps ``data`` names, as a
+:class:`~galray.datasets.reader.TrainingCatalog` (train/val/test split by id); the train split is
+sharded across the workers, the validation split reaches rank 0 whole.  Export: the generator (or
+flow) and detection model of a checkpoint as an :class:`~galray.emulator.bundle.Emulator`.
+Evaluation: the fidelity report on the test split (:func:`evaluate_on_split`).
+
+Sweeps rank trials by ``val_swd``, the sliced Wasserstein distance between the emulated and the
+simulated joint (conditions, measurement) of detected validation rows: it needs no classifier,
+costs milliseconds, and unlike ``val_ks_max`` (per-band marginals) it penalises a generator whose
+scatter ignores depth or PSF.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from galray.config import to_dict
+from galray.datasets import schema
+from galray.emulator import registry
+from galray.emulator.bundle import Emulator, build_generator
+from galray.emulator.config import EmulatorTrainConfig
+from galray.emulator.features import EmulatorFeatures
+from galray.emulator.loop import CHECKPOINT_FEATURES, train_loop
+from galray.training.job import ProductSpec, run_training
+from galray.training.worker import load_state
+
+
+def prepare(cfg: EmulatorTrainConfig, log) -> EmulatorTrainConfig:
+    """``data.simulate``: write the synthetic survey first if ``data.survey`` does not exist."""
+    sim, survey = cfg.data.simulate, cfg.data.survey
+    if sim is not None and survey is not None and not Path(survey).exists():
+        from galray.datasets.simulate import simulate_survey
+
+        log(f"{survey} does not exist: simulating it (data.simulate)")
+        simulate_survey(survey, sim, log=log)
+    return cfg
+
+
+def absolute_paths(cfg: EmulatorTrainConfig) -> EmulatorTrainConfig:
+    data = replace(
+        cfg.data,
+        survey=_absolute(cfg.data.survey),
+        catalog=_absolute(cfg.data.catalog),
+        maps=_absolute(cfg.data.maps),
+    )
+    return replace(cfg, data=data, storage_path=_absolute(cfg.storage_path))
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def open_catalog(cfg: EmulatorTrainConfig):
+    """The :class:`~galray.datasets.reader.TrainingCatalog` that ``cfg.data`` names."""
+    from galray.datasets.reader import TrainingCatalog
+
+    return TrainingCatalog(
+        cfg.data.catalog,
+        cfg.data.maps,
+        fractions=cfg.data.fractions,
+        salt=cfg.data.salt,
+        max_outside_fraction=cfg.data.max_outside_fraction,
+    )
+
+
+def _log_data(catalog) -> None:
+    import mlflow
+
+    footprint = catalog.footprint
+    mlflow.log_params(
+        {"data.n_rows": footprint.n_rows, "data.n_outside_footprint": footprint.n_outside}
+    )
+
+
+def _provenance(cfg: EmulatorTrainConfig, catalog) -> dict:
+    maps = {"nside": catalog.conditions.nside, "ordering": catalog.conditions.ordering}
+    return {"data": cfg.data.catalog, "maps": maps}
+
+
+def _columns(cfg: EmulatorTrainConfig) -> list[str]:
+    cols = [schema.true_mag(b) for b in schema.BANDS]
+    if cfg.data.use_size:
+        cols.append("true_size")
+    return cols + [schema.obs_flux(b) for b in schema.BANDS] + ["detected"]
+
+
+def build_trainer(
+    cfg: EmulatorTrainConfig,
+    catalog,
+    *,
+    storage: str,
+    name: str,
+    mlflow_info: dict,
+    callbacks: Sequence = (),
+    keep_best: tuple[str, str] | None = None,
+):
+    """The ``TorchTrainer`` of one training run (see :func:`~galray.training.trainer.
+    torch_trainer` for ``callbacks`` and ``keep_best``): the train split sharded across the
+    workers, the validation split whole on each."""
+    from galray.training.trainer import torch_trainer
+
+    return torch_trainer(
+        train_loop,
+        to_dict(cfg) | {"_mlflow": mlflow_info},
+        cfg.scaling,
+        name=name,
+        storage=storage,
+        max_failures=cfg.max_failures,
+        callbacks=callbacks,
+        keep_best=keep_best,
+        datasets={
+            "train": catalog.dataset("train", _columns(cfg)),
+            "val": catalog.dataset("val", _columns(cfg)),
+        },
+        datasets_to_split=["train"],
+    )
+
+
+def emulator_from_checkpoint(
+    path: str | Path, cfg: EmulatorTrainConfig, catalog=None, info: dict | None = None
+) -> Emulator:
+    """The generator (or flow) and detection model of a training checkpoint as an
+    :class:`Emulator`."""
+    from galray.models.emulator import DetectionModel
+
+    path = Path(path)
+    features = EmulatorFeatures.from_json((path / CHECKPOINT_FEATURES).read_text())
+    state = load_state(path)
+    flow = cfg.flow if cfg.model == "flow" else None
+    generator = build_generator(features, cfg.net, flow)
+    detection = DetectionModel(features.n_cond, cfg.net)
+    generator.load_state_dict(state["ema_generator" if cfg.optim.ema_decay > 0 else "generator"])
+    detection.load_state_dict(state["detection"])
+    return Emulator(generator, detection, features, cfg.net, info, flow)
+
+
+def _evaluate(cfg: EmulatorTrainConfig, emulator: Emulator, catalog, out_dir: Path):
+    if not cfg.evaluate:
+        return None
+    return evaluate_on_split(emulator, catalog, out_dir, cfg.eval_rows, seed=cfg.seed)
+
+
+def evaluate_on_split(
+    emulator: Emulator,
+    catalog,
+    out_dir: str | Path,
+    max_rows: int,
+    *,
+    split: str | None = "test",
+    seed: int = 0,
+) -> dict:
+    """Emulate held-out rows of ``catalog`` and score them against the simulated measurements."""
+    from galray.evaluation.emulator import fidelity_report
+
+    cols = [schema.true_mag(b) for b in emulator.bands] + ["true_size"]
+    cols += [schema.obs_mag(b) for b in emulator.bands] + [
+        schema.obs_flux(b) for b in emulator.bands
+    ]
+    cols += ["detected"] + (["p_detect"] if "p_detect" in catalog.columns else [])
+    reference = catalog.dataset(split, cols).limit(max_rows).to_pandas()
+    emulated = reference.drop(columns=["p_detect"], errors="ignore")
+    for name, values in emulator.sample(reference, seed=seed).items():
+        emulated[name] = values
+    report = fidelity_report(
+        reference, emulated, Path(out_dir), bands=tuple(emulator.bands), seed=seed
+    )
+    (Path(out_dir) / "emulator.json").write_text(json.dumps(emulator.info, indent=2))
+    return report
+
+
+SPEC = ProductSpec(
+    name="emulator",
+    config_cls=EmulatorTrainConfig,
+    bundle_dir="emulator",
+    kind=registry.KIND,
+    metric="val_swd",
+    mode="min",
+    prepare=prepare,
+    absolute_paths=absolute_paths,
+    load_data=open_catalog,
+    log_data=_log_data,
+    provenance=_provenance,
+    build_trainer=build_trainer,
+    export=emulator_from_checkpoint,
+    evaluate=_evaluate,
+    reads_data=True,
+)
+
+
+def train_emulator(cfg: EmulatorTrainConfig, *, log=print):
+    """Train the emulator ``cfg`` describes (:func:`galray.training.job.run_training`)."""
+    return run_training(SPEC, cfg, log=log)

@@ -1,0 +1,269 @@
+"""The model registry for every galray product: a bundle directory as an MLflow model, and back.
+
+A product's trained model is saved as a directory (a "bundle") marked by one metadata file
+(``emulator.json``, ``sgan.json``).  :func:`log_bundle` logs that directory unchanged as the
+``bundle`` artifact of an MLflow pyfunc model of a run, registers it as a new version of a
+registered model and points an alias at that version.  :func:`resolve_bundle_uri` turns
+``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-<id>``, ``runs:/RUN_ID/PATH``, a
+downloaded MLflow model directory or a bundle directory back into the bundle directory, and raises
+:class:`~galray.errors.ModelNotFoundError` naming the URI and what is missing for anything that
+does not resolve.  A product describes its bundle once, as a :class:`BundleKind`, in its own
+``registry`` module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+
+from galray._version import __version__
+from galray.errors import ConfigError, ModelNotFoundError
+from galray.tracking import ensure_tracking
+
+BUNDLE_ARTIFACT = "bundle"  # key of the bundle in the pyfunc model's artifacts
+
+
+@dataclass(frozen=True)
+class BundleKind:
+    """What the registry needs to know of one product's bundles.
+
+    label: what to call it in messages ("emulator").  meta_file: the file that marks a bundle
+    directory.  model_name: the logged model's name (``runs:/RUN_ID/<model_name>``).
+    load(path): the bundle object of a directory; raises ModelNotFoundError if damaged.
+    python_model(): the pyfunc wrapper to log.  signature(bundle), metadata(bundle): the logged
+    model's MLflow signature and metadata.
+    """
+
+    label: str
+    meta_file: str
+    model_name: str
+    load: Callable[[Path], Any]
+    python_model: Callable[[], mlflow.pyfunc.PythonModel]
+    signature: Callable[[Any], ModelSignature]
+    metadata: Callable[[Any], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A logged model: ``model_uri`` (``models:/m-<id>``), its registry entry, its run."""
+
+    model_uri: str
+    registered_name: str | None
+    version: int | None
+    alias: str | None
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        """The URI to load it by: ``models:/NAME@ALIAS``, else ``models:/NAME/VERSION``, else
+        :attr:`model_uri`."""
+        if self.registered_name and self.alias:
+            return f"models:/{self.registered_name}@{self.alias}"
+        if self.registered_name and self.version is not None:
+            return f"models:/{self.registered_name}/{self.version}"
+        return self.model_uri
+
+    @property
+    def registered_uri(self) -> str | None:
+        """:attr:`uri` if the model was registered, else None."""
+        return self.uri if self.registered_name else None
+
+
+def check_registry_names(registered_name: str | None, alias: str | None) -> None:
+    """Refuse a registered name or alias MLflow would reject or misread (names the field)."""
+    if alias and not registered_name:
+        raise ConfigError(f"tracking.alias: alias {alias!r} given but no registered_name")
+    if registered_name and ("/" in registered_name or ":" in registered_name):
+        raise ConfigError(
+            f"tracking.registered_name: {registered_name!r} may not contain '/' or ':'"
+        )
+    if alias is None:
+        return
+    if not re.fullmatch(r"[\w-]{1,255}", alias):
+        raise ConfigError(
+            f"tracking.alias: {alias!r} may only hold letters, digits, '_' and '-' (1-255)"
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(
+            f"tracking.alias: {alias!r} is reserved by MLflow (models:/NAME/latest and "
+            "models:/NAME@v3 mean versions); choose another, e.g. 'champion'"
+        )
+
+
+# ---------------------------------------------------------------------- logging a bundle
+def log_bundle(
+    kind: BundleKind,
+    bundle_dir: str | os.PathLike,
+    *,
+    registered_name: str | None,
+    alias: str | None,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Log the bundle ``bundle_dir`` as the pyfunc model ``kind.model_name`` of run ``run_id``
+    (default: the active run; a new run if none is active), register it as a new version of
+    ``registered_name`` and point ``alias`` at that version.
+
+    ``bundle_dir``: a bundle directory or anything :func:`resolve_bundle_uri` accepts.
+    ``registered_name`` None or empty: log only.  Before anything is written, a bad name or alias
+    raises ConfigError and a bundle that does not load raises ModelNotFoundError.
+    """
+    registered_name, alias = registered_name or None, alias or None
+    check_registry_names(registered_name, alias)
+    bundle_path = resolve_bundle_uri(kind, bundle_dir).resolve()
+    bundle = kind.load(bundle_path)
+
+    uri = ensure_tracking()
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            with mlflow.start_run(run_name=f"log-{bundle_path.name}") as run:
+                return log_bundle(
+                    kind,
+                    bundle_path,
+                    registered_name=registered_name,
+                    alias=alias,
+                    run_id=run.info.run_id,
+                )
+        run_id = active.info.run_id
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"run_id: no MLflow run {run_id!r} in {uri} ({exc.message})") from exc
+
+    # The logged model belongs to the run's experiment even when the run is not the active one.
+    logged = mlflow.initialize_logged_model(
+        name=kind.model_name, source_run_id=run_id, experiment_id=run.info.experiment_id
+    )
+    with warnings.catch_warnings():
+        # no input example on purpose: MLflow would load the model and predict to check it
+        warnings.filterwarnings("ignore", ".*An input example was not provided")
+        info = _log_pyfunc(kind, bundle_path, bundle, run_id, logged.model_id)
+    version = None
+    if registered_name:
+        registered = mlflow.register_model(info.model_uri, registered_name)
+        version = int(registered.version)
+        if alias:
+            client.set_registered_model_alias(registered_name, alias, registered.version)
+    return ModelRef(info.model_uri, registered_name, version, alias, run_id)
+
+
+def _log_pyfunc(kind: BundleKind, path: Path, bundle, run_id: str, model_id: str) -> ModelInfo:
+    return Model.log(
+        artifact_path=None,
+        name=kind.model_name,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=model_id,
+        python_model=kind.python_model(),
+        artifacts={BUNDLE_ARTIFACT: path.as_posix()},
+        signature=kind.signature(bundle),
+        metadata=dict(kind.metadata(bundle)),
+        # explicit: inferring requirements imports the model in a subprocess (~5 s)
+        pip_requirements=[f"galray=={__version__}", f"mlflow=={mlflow.__version__}"],
+    )
+
+
+# ---------------------------------------------------------------------- resolving a URI
+_MODEL_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?")
+_MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)/?")
+_LOGGED_MODEL = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)/?")
+_RUN = re.compile(r"runs:/(?P<run_id>[^/]+)(?:/(?P<path>.*))?")
+
+
+def resolve_bundle_uri(kind: BundleKind, uri: str | os.PathLike) -> Path:
+    """The local bundle directory (holding ``kind.meta_file``) that ``uri`` names.
+
+    ``uri``: a bundle directory (returned as is), a downloaded MLflow model directory, or an
+    MLflow URI -- ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-<id>``,
+    ``runs:/RUN_ID/PATH`` or any artifact URI -- downloaded from the tracking store in use
+    (:func:`~galray.tracking.tracking_uri` unless MLflow was pointed elsewhere).  Anything that
+    does not resolve raises ModelNotFoundError naming ``uri`` and what is missing.
+    """
+    text = os.fspath(uri)
+    if not is_remote(text):
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(f"{text}: no such file or directory")
+        return _bundle_in(kind, path, text)
+
+    store = ensure_tracking()
+    _check_exists(text, MlflowClient(store), store)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=text)
+    except Exception as exc:  # any failure to fetch is "not found" for the caller
+        message = getattr(exc, "message", None) or str(exc)
+        raise ModelNotFoundError(f"{text}: cannot download from {store}: {message}") from exc
+    return _bundle_in(kind, Path(local), text)
+
+
+def is_remote(text: str) -> bool:
+    """An MLflow or artifact URI (``scheme:/...``), not a local path (``C:\\...`` included)."""
+    return re.match(r"[A-Za-z][\w+.-]+:/", text) is not None
+
+
+def _check_exists(uri: str, client: MlflowClient, store: str) -> None:
+    """Name what is missing (model, alias, version, run) before MLflow's generic error does."""
+    if m := _LOGGED_MODEL.fullmatch(uri):
+        _lookup(
+            uri, store, f"no logged model {m['model_id']!r}", client.get_logged_model, m["model_id"]
+        )
+    elif m := _MODEL_ALIAS.fullmatch(uri):
+        name, alias = m["name"], m["alias"]
+        model = _lookup(
+            uri, store, f"no registered model {name!r}", client.get_registered_model, name
+        )
+        if alias not in (model.aliases or {}):
+            known = ", ".join(sorted(model.aliases or {})) or "none"
+            raise ModelNotFoundError(
+                f"{uri}: registered model {name!r} has no alias {alias!r} (aliases: {known})"
+            )
+    elif m := _MODEL_VERSION.fullmatch(uri):
+        name, version = m["name"], m["version"]
+        _lookup(uri, store, f"no registered model {name!r}", client.get_registered_model, name)
+        _lookup(
+            uri,
+            store,
+            f"registered model {name!r} has no version {version}",
+            lambda v: client.get_model_version(name, v),
+            version,
+        )
+    elif m := _RUN.fullmatch(uri):
+        _lookup(uri, store, f"no run {m['run_id']!r}", client.get_run, m["run_id"])
+
+
+def _lookup(uri: str, store: str, missing: str, fetch: Callable[[str], Any], key: str) -> Any:
+    try:
+        return fetch(key)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ModelNotFoundError(f"{uri}: {missing} in {store}") from exc
+        raise ModelNotFoundError(f"{uri}: lookup in {store} failed: {exc.message}") from exc
+
+
+def _bundle_in(kind: BundleKind, path: Path, uri: str) -> Path:
+    """The bundle directory at ``path``: ``path`` itself, or the bundle artifact of the MLflow
+    pyfunc model stored there."""
+    if (path / kind.meta_file).is_file():
+        return path
+    if (path / "MLmodel").is_file():
+        try:
+            flavor = Model.load(path).flavors.get("python_function", {})
+        except Exception as exc:  # a corrupt MLmodel file is as good as none
+            raise ModelNotFoundError(f"{uri}: unreadable MLmodel file ({exc})") from exc
+        artifact = (flavor.get("artifacts") or {}).get(BUNDLE_ARTIFACT, {})
+        if artifact.get("path") and (path / artifact["path"] / kind.meta_file).is_file():
+            return path / artifact["path"]
+        raise ModelNotFoundError(f"{uri}: an MLflow model, but not a galray {kind.label}")
+    raise ModelNotFoundError(f"{uri}: not a galray {kind.label} (no {kind.meta_file} or MLmodel)")

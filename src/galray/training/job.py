@@ -1,0 +1,206 @@
+"""The job skeleton every product's training runs: ``galray train``, ``galray tune`` and
+``jobs/`` all go through :func:`run_training` (or, for a sweep's trials and winner,
+:meth:`ProductSpec.build_trainer` and :func:`publish`).
+
+A product declares what differs in a :class:`ProductSpec` -- its config class, how to prepare
+and load its data, its ``TorchTrainer``, how a checkpoint becomes its bundle, its registry entry
+and its evaluation -- and nothing else::
+
+    prepare(cfg)        driver, before Ray: write data the config asks to simulate, check inputs
+    load_data(cfg)      driver: the training data's handle (a catalog, an image), checked
+    MLflow run          params (the config, flattened) and the data's own params
+    build_trainer(...)  the product's Ray Train job; .fit() trains, checkpoints, resumes
+    publish(...)        checkpoint -> bundle (saved) -> MLflow model (registered) -> report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from galray.config import to_dict
+from galray.training.config import TrainJobConfig
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """What a product declares so that ``train``, ``tune`` and ``jobs/`` can run it.
+
+    name: the CLI and sweep name (``galray train NAME``).  config_cls: its
+    :class:`~galray.training.config.TrainJobConfig` subclass.  bundle_dir: the subdirectory of
+    ``storage_path/<run>`` the bundle is saved to (and the prefix of default run names).
+    kind: its :class:`galray.registry.BundleKind`.  metric, mode: the default metric a sweep
+    ranks trials by (reported every epoch).  fixed: config fields a sweep may not search.
+    reads_data: the trainer reads Ray Data datasets (so a local Ray instance must keep a CPU free).
+
+    prepare(cfg, log) -> cfg: driver side, before Ray starts; write the data ``data.simulate``
+    asks for, check inputs.  absolute_paths(cfg) -> cfg: the config with every path absolute
+    (trials run in other directories, possibly other nodes).  load_data(cfg) -> data: the
+    training data's handle.  log_data(data): MLflow params/artifacts describing the data (in
+    the active run).  provenance(cfg, data) -> dict: what the bundle records of its data.
+    build_trainer(cfg, data, *, storage, name, mlflow_info, callbacks, keep_best) -> the
+    ``TorchTrainer``.  export(checkpoint_dir, cfg, data, info) -> the bundle object (with
+    ``save(path, overwrite=)``).  evaluate(cfg, model, data, out_dir) -> report dict or None.
+    """
+
+    name: str
+    config_cls: type[TrainJobConfig]
+    bundle_dir: str
+    kind: Any
+    metric: str
+    mode: str
+    prepare: Callable[..., TrainJobConfig]
+    absolute_paths: Callable[[TrainJobConfig], TrainJobConfig]
+    load_data: Callable[[TrainJobConfig], Any]
+    log_data: Callable[[Any], None]
+    provenance: Callable[[TrainJobConfig, Any], dict]
+    build_trainer: Callable[..., Any]
+    export: Callable[..., Any]
+    evaluate: Callable[..., dict | None]
+    reads_data: bool = False
+    fixed: tuple[str, ...] = ("epochs", "tracking", "storage_path", "data", "debug_fail_at_epoch")
+
+
+@dataclass
+class Published:
+    """A checkpoint turned into a model: the saved bundle, its MLflow URIs and its report."""
+
+    bundle: str
+    model_uri: str
+    registered_uri: str | None = None
+    report: dict | None = None
+    report_dir: str | None = None
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    registered_uri: str | None
+    bundle_path: str
+    checkpoint_path: str
+    metrics: dict
+    report: dict | None
+    report_dir: str | None
+    seconds: float
+
+
+def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainResult:
+    """Train ``spec``'s model as ``cfg`` says: save its bundle under ``storage_path/<run
+    name>/<bundle_dir>``, log and register it in MLflow (unless ``tracking.enabled`` is false)
+    and score it (when the product's evaluation is on)."""
+    import ray.data
+
+    from galray.training.ray_env import init_ray
+    from galray.training.trainer import check_room_for_data
+
+    t0 = time.perf_counter()
+    cfg = spec.prepare(cfg, log)
+    data = spec.load_data(cfg)  # bad input fails before Ray starts
+    init_ray()
+    check_room_for_data(cfg.scaling, reads_data=spec.reads_data)  # before anything is logged
+    # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    storage = Path(cfg.storage_path).resolve()
+
+    run_ctx, mlflow_info = contextlib.nullcontext(None), {}
+    if cfg.tracking.enabled:  # MLflow is imported only when used
+        import mlflow
+
+        from galray import tracking
+
+        uri = tracking.configure_tracking()
+        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment)
+        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else uuid.uuid4().hex
+        name = cfg.tracking.run_name or f"{spec.bundle_dir}-{run_id[:8]}"
+        if run is not None:
+            mlflow_info = {"tracking_uri": uri, "run_id": run_id}
+            tracking.log_params_flat(to_dict(cfg))
+            spec.log_data(data)
+            log(f"MLflow run {run_id} ({uri})")
+        trainer = spec.build_trainer(
+            cfg, data, storage=str(storage), name=name, mlflow_info=mlflow_info
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint ({result.error})")
+        published = publish(
+            spec,
+            cfg,
+            result.checkpoint,
+            storage / name,
+            data=data,
+            run_id=run_id if run is not None else None,
+            log=log,
+        )
+        seconds = time.perf_counter() - t0
+        if run is not None:
+            mlflow.log_metric("job_seconds", seconds)
+    return TrainResult(
+        run_id=run_id,
+        model_uri=published.model_uri,
+        registered_uri=published.registered_uri,
+        bundle_path=published.bundle,
+        checkpoint_path=result.checkpoint.path,
+        metrics=dict(result.metrics or {}),
+        report=published.report,
+        report_dir=published.report_dir,
+        seconds=seconds,
+    )
+
+
+def publish(
+    spec: ProductSpec,
+    cfg: TrainJobConfig,
+    checkpoint,
+    out_dir: str | Path,
+    *,
+    data=None,
+    run_id: str | None,
+    info: dict | None = None,
+    log=print,
+) -> Published:
+    """A checkpoint (a ``ray.train.Checkpoint`` or its directory) -> the product's bundle under
+    ``out_dir/<bundle_dir>`` -> the MLflow model of run ``run_id`` (None: MLflow off),
+    registered as ``tracking.registered_name@alias`` -> its report under ``out_dir/report``
+    (logged to the same run).  ``data``: the training data's handle (loaded if None); ``info``:
+    provenance recorded in the bundle besides the run, data and config."""
+    from ray.train import Checkpoint
+
+    from galray import registry
+
+    out_dir = Path(out_dir)
+    data = spec.load_data(cfg) if data is None else data
+    info = dict(info or {}, run_id=run_id, **spec.provenance(cfg, data), config=to_dict(cfg))
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(checkpoint)
+    with checkpoint.as_directory() as directory:
+        model = spec.export(directory, cfg, data, info)
+    bundle = model.save(out_dir / spec.bundle_dir, overwrite=True)
+    out = Published(bundle=str(bundle), model_uri=str(bundle))
+    if run_id is not None:
+        ref = registry.log_bundle(
+            spec.kind,
+            bundle,
+            registered_name=cfg.tracking.registered_name or None,
+            alias=(cfg.tracking.alias or None) if cfg.tracking.registered_name else None,
+            run_id=run_id,
+        )
+        out.model_uri, out.registered_uri = ref.model_uri, ref.registered_uri
+        log(f"model logged: {out.registered_uri or out.model_uri}")
+    report_dir = out_dir / "report"
+    out.report = spec.evaluate(cfg, model, data, report_dir)
+    if out.report is not None:
+        out.report_dir = str(report_dir)
+        if run_id is not None:
+            from galray import tracking
+
+            tracking.log_report(out.report, report_dir, run_id=run_id)
+    return out

@@ -1,0 +1,191 @@
+"""Inside a Ray Train worker: what every product's training loop does around its own steps.
+
+A loop calls :func:`worker_context` first, restores with :func:`restore`, then for each epoch
+takes its seeds from :func:`epoch_seeds`, its learning-rate progress and stop decision from
+:class:`EpochClock`, and ends the epoch with :func:`report` (rank 0: metrics to MLflow, a
+progress line and a checkpoint; other ranks: metrics only).  :func:`maybe_fail` is the fault
+injection the tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from galray.training.config import TrainJobConfig
+from galray.training.modules import lr_scale
+
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_PROGRESS = "progress.json"
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world: int
+    device: torch.device
+
+
+def worker_context(scaling) -> WorkerContext:
+    """This worker's rank, world size and device; applies ``scaling.torch_threads``."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    if scaling.torch_threads:
+        torch.set_num_threads(int(scaling.torch_threads))
+    return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def all_reduce_np(x: np.ndarray, device: torch.device, op=None) -> np.ndarray:
+    """``x`` summed (or reduced by ``op``) over all ranks; ``x`` itself on one rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, int]:
+    """The data-order generator of an epoch and the seed of torch's global generator (noise):
+    both depend on (seed, epoch, rank) only, so a restarted worker group replays the epoch, and
+    the two streams are distinct."""
+    base = seed * 1_000_003 + epoch * 7919 + rank
+    return torch.Generator().manual_seed(base), base + 1
+
+
+class EpochClock:
+    """Training time and where training stands, shared by all ranks.
+
+    ``progress(epoch)`` is the fraction of training done before ``epoch`` -- of ``epochs`` or of
+    ``time_budget_s``, whichever is further -- which sets the learning-rate schedule.
+    ``add(seconds)`` counts an epoch's time (the slowest rank's, when a budget is set, so all
+    ranks stop after the same epoch) and says whether the budget is spent."""
+
+    def __init__(self, cfg: TrainJobConfig, device: torch.device, world: int, seconds: float):
+        self.epochs, self.budget = cfg.epochs, cfg.time_budget_s
+        self.device, self.world = device, world
+        self.seconds = seconds
+
+    def lr_scale(self, epoch: int, warmdown: float) -> float:
+        progress = (epoch - 1) / self.epochs
+        if self.budget is not None:
+            progress = max(progress, self.seconds / self.budget)
+        return lr_scale(progress, warmdown)
+
+    def add(self, seconds: float) -> bool:
+        self.seconds += seconds
+        if self.world > 1 and self.budget is not None:
+            one = np.array([self.seconds])
+            self.seconds = float(all_reduce_np(one, self.device, dist.ReduceOp.MAX)[0])
+        return self.budget is not None and self.seconds >= self.budget
+
+
+def restore(state, device: torch.device, extra: Callable[[Path], None] | None = None) -> dict:
+    """Load the latest checkpoint of a restarted worker group into ``state`` (a
+    :class:`~galray.training.modules.TrainingState`); returns its progress
+    (``{"epoch", "history", "train_seconds"}``), or ``{}`` on a fresh start.  ``extra(dir)``
+    reads a product's own files from the checkpoint directory."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as d:
+        d = Path(d)
+        state.load_state_dict(
+            torch.load(d / CHECKPOINT_STATE, map_location=device, weights_only=True)
+        )
+        progress = json.loads((d / CHECKPOINT_PROGRESS).read_text())
+        if extra is not None:
+            extra(d)
+    return progress
+
+
+def report(
+    metrics: dict[str, float],
+    *,
+    rank: int,
+    state,
+    progress: dict,
+    files: dict[str, str] | None = None,
+) -> None:
+    """End of a reported epoch: rank 0 saves ``state``, ``progress`` and ``files`` (name ->
+    text) as a checkpoint and reports it with ``metrics``; other ranks report ``metrics``."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state.state_dict(), Path(tmp) / CHECKPOINT_STATE)
+        (Path(tmp) / CHECKPOINT_PROGRESS).write_text(json.dumps(progress))
+        for name, text in (files or {}).items():
+            (Path(tmp) / name).write_text(text)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def load_state(checkpoint_dir: str | Path) -> dict:
+    """The state dict saved in a checkpoint directory (on the CPU)."""
+    return torch.load(
+        Path(checkpoint_dir) / CHECKPOINT_STATE, map_location="cpu", weights_only=True
+    )
+
+
+class MlflowEpochLogger:
+    """Rank 0 logs per-epoch metrics (and images) into the MLflow run the driver opened;
+    without a run (``mlflow_info`` empty) it does nothing."""
+
+    def __init__(self, mlflow_info: dict | None):
+        mlflow_info = mlflow_info or {}
+        self.client, self.run_id = None, mlflow_info.get("run_id")
+        if mlflow_info.get("tracking_uri") and self.run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(mlflow_info["tracking_uri"])
+
+    def log(self, metrics: dict[str, float], epoch: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if np.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        if self.client is not None:
+            self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+
+def worker_print(line: str) -> None:
+    """One progress line from a Train worker to the job's console, once.  Ray Train patches
+    ``print`` in its workers to go through the root logger *and*, because the worker's
+    ``sys.stdout`` is wrapped, to the stream as well, so a plain ``print`` reaches the driver
+    twice; the process's own stdout is forwarded once."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
+
+
+def maybe_fail(cfg: TrainJobConfig, epoch: int, rank: int, world: int) -> None:
+    """Fault injection (``debug_fail_at_epoch``): the last rank dies (``os._exit``) once,
+    mid-way through that epoch."""
+    if cfg.debug_fail_at_epoch != epoch or rank != world - 1:
+        return
+    marker = Path(cfg.storage_path) / f".debug-failed-{cfg.tracking.run_name or 'run'}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("died once")
+    time.sleep(3.0)  # let the controller register the previous epoch's checkpoint
+    os._exit(1)
