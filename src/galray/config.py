@@ -71,30 +71,8 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{field}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{field}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{field}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{field}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{field}: expected a number, got {value!r}")
+    if tp in (int, float):
+        return _number(value, tp, field)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -102,6 +80,24 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             return str(value)
         raise ConfigError(f"{field}: expected a string, got {value!r}")
     return value
+
+
+def _number(value: Any, tp: type, field: str) -> int | float:
+    """``value`` as an ``int`` (whole numbers only) or a ``float``; booleans are refused."""
+    expected = "an integer" if tp is int else "a number"
+    if not isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+        elif tp is float and isinstance(value, int | float):
+            return float(value)
+        elif tp is int and isinstance(value, int):
+            return value
+        elif tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+    raise ConfigError(f"{field}: expected {expected}, got {value!r}")
 
 
 def _choice(value: Any, choices: tuple, field: str) -> Any:

@@ -8,16 +8,19 @@ looks finished.  Directories are built the same way (:func:`atomic_directory`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickle
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galray.errors import DataError, OutputExistsError
+from galray.errors import DataError, ModelNotFoundError, OutputExistsError
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -69,6 +72,29 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_json(data, path: str | os.PathLike) -> Path:
+    """Write ``data`` as strict JSON to ``path`` atomically: NaN and infinities become null,
+    numpy scalars plain numbers."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
 def write_parquet(table: pa.Table, path: str | os.PathLike, **kwargs) -> Path:
     """Write ``table`` to ``path`` atomically (zstd, statistics on)."""
     path = Path(path)
@@ -116,3 +142,33 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="default")
+
+
+# ---------------------------------------------------------------------- model bundles
+@contextlib.contextmanager
+def reading_bundle(path: str | os.PathLike, label: str) -> Iterator[None]:
+    """Turn any failure to read a saved bundle (missing or truncated file, bad JSON, mismatched
+    tensors) into ModelNotFoundError naming ``path`` and what the bundle is (``label``)."""
+    try:
+        yield
+    except ModelNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelNotFoundError(f"{path}: damaged {label} bundle ({exc})") from exc
+
+
+def read_bundle_meta(
+    path: str | os.PathLike, meta_file: str, fmt: str, version: int, label: str
+) -> dict:
+    """The metadata file ``meta_file`` of bundle directory ``path``, checked to be of format
+    ``fmt`` and ``version``; anything else raises ModelNotFoundError."""
+    meta_path = Path(path) / meta_file
+    if not meta_path.is_file():
+        raise ModelNotFoundError(f"{path}: not a galray {label} (no {meta_file})")
+    with reading_bundle(path, label):
+        meta = json.loads(meta_path.read_text())
+    if meta.get("format") != fmt or meta.get("version") != version:
+        raise ModelNotFoundError(
+            f"{meta_path}: unsupported {label} format {meta.get('format')!r} v{meta.get('version')}"
+        )
+    return meta

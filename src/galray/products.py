@@ -1,8 +1,9 @@
 """The products galray trains, by name: ``galray train NAME``, ``galray tune NAME`` and
 ``jobs/train_NAME.py`` look their :class:`~galray.training.job.ProductSpec` up here.
 
-A new product is a new package with a ``spec`` module defining ``SPEC``, and one line below.
-Specs are imported only when asked for, so ``galray --help`` stays fast.
+A new product is a new package -- its ``__init__`` says what it is in ``SUMMARY`` and
+``ABOUT``, its ``spec`` module declares ``SPEC`` -- and one line below.  Specs are imported only
+when asked for, so ``galray --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ import importlib
 
 from galray.errors import ConfigError
 
-# product name -> the module whose SPEC declares it
+# product name -> its package (SUMMARY, ABOUT; SPEC in its spec module)
 PRODUCTS = {
-    "emulator": "galray.emulator.spec",
-    "deepfield": "galray.deepfield.spec",
+    "emulator": "galray.emulator",
+    "deepfield": "galray.deepfield",
 }
 # earlier names that still work on the command line
 ALIASES = {"sgan": "deepfield"}
+
+
+def describe(name: str) -> tuple[str, str]:
+    """A product's one-line summary and its few sentences more, without importing its code."""
+    package = importlib.import_module(PRODUCTS[name])
+    return package.SUMMARY, package.ABOUT
+
+
+def product_names(name: str) -> list[str]:
+    """``name`` and its aliases."""
+    return [name, *(alias for alias, target in ALIASES.items() if target == name)]
 
 
 def get_product(name: str):
@@ -27,4 +39,4 @@ def get_product(name: str):
         raise ConfigError(
             f"product: {name!r} is not a galray product (known: {', '.join(PRODUCTS)})"
         )
-    return importlib.import_module(PRODUCTS[name]).SPEC
+    return importlib.import_module(f"{PRODUCTS[name]}.spec").SPEC

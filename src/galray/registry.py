@@ -53,6 +53,20 @@ class BundleKind:
     signature: Callable[[Any], ModelSignature]
     metadata: Callable[[Any], Mapping[str, Any]]
 
+    def log(self, bundle_dir, *, registered_name, alias, run_id=None) -> ModelRef:
+        """:func:`log_bundle` of this kind."""
+        return log_bundle(
+            self, bundle_dir, registered_name=registered_name, alias=alias, run_id=run_id
+        )
+
+    def resolve(self, uri: str | os.PathLike) -> Path:
+        """:func:`resolve_bundle_uri` of this kind."""
+        return resolve_bundle_uri(self, uri)
+
+    def load_uri(self, uri: str | os.PathLike, device="cpu"):
+        """The bundle object ``uri`` names (any form :func:`resolve_bundle_uri` accepts)."""
+        return self.load(self.resolve(uri), device=device)
+
 
 @dataclass(frozen=True)
 class ModelRef:

@@ -4,6 +4,7 @@ options, size parsing and the end-of-training summary."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 
 from galray.errors import ConfigError
@@ -19,25 +20,109 @@ FIDELITY_KEYS = (
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """galray's one help format: descriptions as written in the handler's docstring, and an
+    option's default shown only when it has one worth showing (not for required options, flags
+    or None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = (
+            "%(default)" not in text
+            and not action.required
+            and default is not None
+            and default is not False
+            and default != []
+            and default is not argparse.SUPPRESS
+            and action.option_strings
+        )
+        return f"{text} (default: %(default)s)" if shown else text
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def group(sub, groups: dict, name: str, help: str):
     """The ``galray NAME ...`` group parser (created once, shared by modules)."""
     if name not in groups:
-        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+        p = sub.add_parser(name, help=help, description=_sentence(help))
         groups[name] = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     return groups[name]
 
 
-def add_config_options(p: argparse.ArgumentParser, example: str) -> None:
+def command(parent, name: str, handler, *, help: str | None = None, description=None, **kwargs):
+    """The ``galray ... NAME`` command run by ``handler(args) -> exit code``.
+
+    Its help line is the first sentence of the handler's docstring and its description the whole
+    docstring (``help`` and ``description`` override them)."""
+    doc = inspect.cleandoc(handler.__doc__ or "")
+    first = " ".join(doc.split("\n\n")[0].split())
+    p = parent.add_parser(
+        name,
+        help=help or (first[:1].lower() + first[1:]).rstrip("."),
+        description=description or doc,
+        formatter_class=HelpFormatter,
+        **kwargs,
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+def per_product(parent, handler, help: str, description: str):
+    """One command per product of :mod:`galray.products` (its aliases included), run by
+    ``handler`` with ``args.product`` set; ``help`` and ``description`` are formatted with the
+    product's ``name``, ``summary`` and ``about``.  Yields each command's parser."""
+    from galray.products import PRODUCTS, describe, product_names
+
+    for name in PRODUCTS:
+        summary, about = describe(name)
+        text = {"name": name, "summary": summary, "about": about}
+        p = command(
+            parent,
+            name,
+            handler,
+            aliases=product_names(name)[1:],
+            help=help.format(**text),
+            description=description.format(**text),
+        )
+        p.set_defaults(product=name)
+        yield p
+
+
+def add_set(p: argparse.ArgumentParser, help: str) -> None:
+    """Repeatable ``--set KEY=VALUE`` overrides of config fields."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def add_config(p: argparse.ArgumentParser, example: str) -> None:
     """``--config FILE`` and repeatable ``--set KEY=VALUE``."""
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    add_set(p, f"override a config field, e.g. --set {example} (repeatable)")
+
+
+def add_model(p: argparse.ArgumentParser, logged_name: str) -> None:
+    """``--model URI``: a registered or logged model, or a bundle directory."""
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {example} (repeatable)",
+        "--model",
+        required=True,
+        help=f"models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/{logged_name} or a bundle "
+        "directory",
     )
+
+
+def add_output(p: argparse.ArgumentParser, out: str, overwrite: str | None = None) -> None:
+    """``--out`` (required) and, unless ``overwrite`` is None, ``--overwrite``."""
+    p.add_argument("--out", required=True, help=out)
+    if overwrite is not None:
+        p.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def add_ordering(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    p.add_argument("--ordering", choices=["RING", "NESTED"], default=default, help=help)
 
 
 def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
@@ -52,6 +137,20 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     return h, w
 
 
+def add_size(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--size N`` or ``HxW`` pixels, parsed to ``(height, width)`` (required without a
+    default)."""
+
+    def size(text: str) -> tuple[int, int]:
+        try:
+            return parse_size(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("--size: ")) from None
+
+    help = "pixels per side, N or HxW"
+    p.add_argument("--size", type=size, default=default, required=default is None, help=help)
+
+
 def fidelity_line(report: dict) -> str:
     """The report's headline numbers on one line."""
     shown = [
@@ -62,7 +161,7 @@ def fidelity_line(report: dict) -> str:
     return "  ".join(shown) or "see the report"
 
 
-def print_training_result(result, tracking_enabled: bool) -> None:
+def print_trained(result, tracking_enabled: bool) -> None:
     """Where a finished training run's model, checkpoint and report are."""
     from galray.tracking import tracking_uri
 

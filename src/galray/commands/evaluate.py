@@ -5,29 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from galray.commands.common import group
+from galray.commands.common import add_model, add_output, command, group
 
 
 def register(sub, groups) -> None:
     ev = group(sub, groups, "evaluate", help="score a model against known truth")
-    p = ev.add_parser(
-        "emulator",
-        help="fidelity of an emulator on held-out injections",
-        description="Emulate held-out injections (truth and conditions known) and compare them "
-        "with the measured ones: KS statistics, (obs - true) in bins, detection fraction, and a "
-        "classifier two-sample test.  Writes report.json, CSV tables and PNG plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, runs:/ID/PATH or a bundle directory"
-    )
+    p = command(ev, "emulator", _emulator)
+    add_model(p, "emulator")
     p.add_argument(
         "--data", required=True, help="survey directory (injections/ + maps/) or injection catalog"
     )
     p.add_argument(
         "--maps", default=None, help="condition-map table (default DATA/maps/conditions.parquet)"
     )
-    p.add_argument("--out", required=True, help="report directory")
+    add_output(p, "report directory")
     p.add_argument(
         "--split", default="test", choices=["train", "val", "test", "all"], help="rows to score"
     )
@@ -35,12 +26,20 @@ def register(sub, groups) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the emulated draw and the classifier"
     )
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
-    p.set_defaults(handler=_emulator)
+    add_no_mlflow(p)
     _register_deepfield(ev)
 
 
 def _emulator(args: argparse.Namespace) -> int:
+    """Fidelity of an emulator on held-out injections.
+
+    Emulate held-out injections (truth and conditions known) and compare them with the measured
+    ones: KS statistics, (obs - true) in bins, detection fraction, and a classifier two-sample
+    test.  Writes report.json, CSV tables and PNG plots to --out and logs them to MLflow.
+    Example:
+        galray evaluate emulator --model models:/galray-emulator-smoke@champion \
+            --data data/smoke-survey --out report/
+    """
     from pathlib import Path
 
     from galray.datasets.reader import TrainingCatalog
@@ -65,22 +64,12 @@ def _emulator(args: argparse.Namespace) -> int:
 
 
 def _register_deepfield(ev) -> None:
-    p = ev.add_parser(
-        "deepfield",
-        help="compare sources detected in real and generated deep fields",
-        description="Detect sources with sep using identical settings on the real and the "
-        "generated field(s) (detection image: mean of the bands; >= --min-area connected pixels "
-        "above --threshold sigma), measure per-band Kron magnitudes with each file's MAGZERO, "
-        "and compare magnitude and colour distributions (KS p-values below the magnitude "
-        "limit, median differences) and counts per arcmin².  Writes report.json, both source "
-        "catalogs and PNG plots to --out; logs them to MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command(ev, "deepfield", _deepfield)
     p.add_argument("--real", required=True, help="the real (training) field, FITS")
     p.add_argument(
         "--generated", required=True, nargs="+", help="generated field(s), FITS (pooled)"
     )
-    p.add_argument("--out", required=True, help="report directory")
+    add_output(p, "report directory")
     p.add_argument(
         "--mag-limit",
         type=float,
@@ -99,11 +88,21 @@ def _register_deepfield(ev) -> None:
     p.add_argument("--threshold", type=float, default=3.0, help="detection threshold, sigma")
     p.add_argument("--min-area", type=int, default=5, help="minimum connected pixels")
     p.add_argument("--edge", type=int, default=16, help="border pixels left out")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
-    p.set_defaults(handler=_deepfield)
+    add_no_mlflow(p)
 
 
 def _deepfield(args: argparse.Namespace) -> int:
+    """Compare sources detected in real and generated deep fields.
+
+    Detect sources with sep using identical settings on the real and the generated field(s)
+    (detection image: mean of the bands; >= --min-area connected pixels above --threshold
+    sigma), measure per-band Kron magnitudes with each file's MAGZERO, and compare magnitude and
+    colour distributions (KS p-values below the magnitude limit, median differences) and counts
+    per arcmin².  Writes report.json, both source catalogs and PNG plots to --out; logs them to
+    MLflow.  Example:
+        galray evaluate deepfield --real data/deepfield-1024.fits --generated field.fits \
+            --out report-df/
+    """
 
     from galray.datasets.fitsfield import read_field
     from galray.evaluation.deepfield import DetectionSettings, deepfield_report
@@ -132,6 +131,10 @@ def _deepfield(args: argparse.Namespace) -> int:
         "meets_targets",
     )
     return _finish(args, "evaluate-deepfield", params, report, keys)
+
+
+def add_no_mlflow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
 
 
 def _finish(args: argparse.Namespace, run_name: str, params: dict, report: dict, keys) -> int:

@@ -5,41 +5,36 @@ from __future__ import annotations
 
 import argparse
 
-from galray.commands.common import group, parse_size
+from galray.commands.common import add_model, add_output, add_size, command, group
 
 
 def register(sub, groups) -> None:
-    _register_deepfield(group(sub, groups, "generate", help="generate data with a trained model"))
-
-
-def _register_deepfield(gen) -> None:
-    p = gen.add_parser(
-        "deepfield",
-        help="generate a deep field of any size, tile by tile on Ray, into a FITS file",
-        description="Split the noise array into overlapping tiles that Ray tasks generate "
-        "independently; the halo of each tile is cropped, so the stitched field equals a "
-        "one-pass generation.  Tiles stream into the FITS file: memory is bounded by the tile "
-        "size.  The same seed gives the same field for any --tile.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, runs:/ID/sgan or a bundle directory"
-    )
-    p.add_argument("--size", required=True, help="HxW (or N) pixels")
-    p.add_argument("--out", required=True, help="output FITS file")
+    gen = group(sub, groups, "generate", help="generate data with a trained model")
+    p = command(gen, "deepfield", _deepfield)
+    add_model(p, "sgan")
+    add_size(p)
+    add_output(p, "output FITS file")
     p.add_argument("--tile", type=int, default=1024, help="tile side in pixels (multiple of 16)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per tile task")
     p.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per tile task")
-    p.set_defaults(handler=_deepfield)
 
 
 def _deepfield(args: argparse.Namespace) -> int:
+    """Generate a deep field of any size, tile by tile on Ray, into a FITS file.
+
+    The noise array is split into overlapping tiles that Ray tasks generate independently; the
+    halo of each tile is cropped, so the stitched field equals a one-pass generation.  Tiles
+    stream into the FITS file: memory is bounded by the tile size.  The same seed gives the same
+    field for any --tile.  Example:
+        galray generate deepfield --model models:/galray-sgan-smoke@champion --size 4096x4096 \
+            --out field.fits --tile 1024
+    """
     from galray.deepfield.generate import generate_fits
     from galray.deepfield.registry import load_deepfield_model
     from galray.training.ray_env import init_ray
 
-    h, w = parse_size(args.size)
+    h, w = args.size
     model = load_deepfield_model(args.model)
     model.info["model_uri"] = args.model
     init_ray()

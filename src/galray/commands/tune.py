@@ -4,56 +4,41 @@ from __future__ import annotations
 
 import argparse
 
-from galray.commands.common import fidelity_line, group
-from galray.commands.train import ALIASES
-
-HELP = {
-    "emulator": "search the emulator's hyperparameters (cWGAN-GP or flow + detection model)",
-    "deepfield": "search the deep-field generator's (SGAN's) hyperparameters",
-}
-# example sweep configs shipped in configs/
-EXAMPLE_SWEEP = {"emulator": "configs/tune-emulator-smoke.yaml", "deepfield": "SWEEP.yaml"}
+from galray.commands.common import add_set, fidelity_line, group, per_product
 
 
 def register(sub, groups) -> None:
-    from galray.products import PRODUCTS
-
     tune = group(sub, groups, "tune", help="search hyperparameters with Ray Tune (ASHA)")
-    for name in PRODUCTS:
-        p = tune.add_parser(
-            name,
-            aliases=ALIASES.get(name, []),
-            help=HELP[name],
-            description=f"Run a Ray Tune sweep of the {name} trainer: the search space lives in "
-            "the config's search: section, ASHA stops poor trials early, MLflow gets a parent run "
-            "with one child run per trial, and the best model is registered.  Example: galray "
-            f"tune {name} --config {EXAMPLE_SWEEP[name]} --set tune.num_samples=4.  "
-            f"An interrupted sweep continues with: galray tune {name} --resume SWEEP_DIR",
-        )
+    for p in per_product(
+        tune,
+        _tune,
+        help="search the hyperparameters of {summary}",
+        description="Run a Ray Tune sweep of {summary}: the search space lives in the config's "
+        "search: section, ASHA stops poor trials early, MLflow gets a parent run with one child "
+        "run per trial, and the best model is registered.  Example:\n"
+        "    galray tune {name} --config configs/tune-{name}-smoke.yaml --set tune.num_samples=4\n"
+        "An interrupted sweep continues with: galray tune {name} --resume SWEEP_DIR",
+    ):
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--config", help="sweep YAML (see configs/tune-*.yaml)")
         source.add_argument(
             "--resume", metavar="PATH", help="continue the interrupted sweep in directory PATH"
         )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a field: train.epochs=4, tune.num_samples=8, "
+        add_set(
+            p,
+            "override a field: train.epochs=4, tune.num_samples=8, "
             "'search.net.width={choice: [64, 128]}' (repeatable; not with --resume)",
         )
-        p.set_defaults(handler=_tune, trainer=name)
 
 
 def _tune(args: argparse.Namespace) -> int:
+    """Search a product's hyperparameters with Ray Tune (ASHA) and register the best model."""
     from galray.errors import ConfigError
     from galray.products import get_product
     from galray.tune.search_space import load_sweep
     from galray.tune.sweep import resume_sweep, start_sweep
 
-    spec = get_product(args.trainer)
+    spec = get_product(args.product)
     if args.resume:
         if args.overrides:
             raise ConfigError("--set: a resumed sweep keeps its config; --set is not allowed")

@@ -14,7 +14,6 @@ imports no trainer.
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch
 
 from galray.deepfield.noise import Tile, noise_window, plan_tiles
 from galray.deepfield.scaling import IntensityScaling
-from galray.errors import ModelNotFoundError
-from galray.io import atomic_directory
+from galray.io import atomic_directory, read_bundle_meta, reading_bundle
 from galray.models.sgan import Generator, SGANNetConfig, noise_halo
 
 BUNDLE_FORMAT = "galray.sgan"
@@ -166,30 +164,9 @@ class DeepFieldModel:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> DeepFieldModel:
         path = Path(path)
-        meta_path = path / BUNDLE_META
-        if not meta_path.is_file():
-            raise ModelNotFoundError(
-                f"{path}: not a galray deep-field generator (no {BUNDLE_META})"
-            )
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-                raise ModelNotFoundError(
-                    f"{meta_path}: unsupported format {meta.get('format')!r} v{meta.get('version')}"
-                )
+        label = "deep-field generator"
+        meta = read_bundle_meta(path, BUNDLE_META, BUNDLE_FORMAT, BUNDLE_VERSION, label)
+        with reading_bundle(path, label):
             state = torch.load(path / BUNDLE_WEIGHTS, map_location="cpu", weights_only=True)
             model = cls.from_meta(meta, state)
-        except ModelNotFoundError:
-            raise
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            RuntimeError,
-            pickle.UnpicklingError,
-        ) as exc:
-            raise ModelNotFoundError(
-                f"{path}: damaged deep-field generator bundle ({exc})"
-            ) from exc
         return model.to(device)

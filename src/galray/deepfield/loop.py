@@ -112,9 +112,8 @@ def train_loop(config: dict) -> None:
         _compile(m)
     sync = GradientSync(world)
     logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
-    clock = worker.EpochClock(cfg, device, world, progress.get("train_seconds", 0.0))
-    history = progress.get("history", [])
-    for epoch in range(progress.get("epoch", 0) + 1, cfg.epochs + 1):
+    clock = worker.EpochClock(cfg, device, world, progress)
+    for epoch in range(clock.start, cfg.epochs + 1):
         # crops depend on (seed, epoch, rank), crop sizes on (seed, epoch): restarts replay them
         shapes = batch_sizes(cfg.optim, torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
         crops, noise_seed = worker.epoch_seeds(cfg.seed, epoch, rank)
@@ -128,32 +127,23 @@ def train_loop(config: dict) -> None:
             train_batch(m, real, cfg.optim, sync)
         metrics = m.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
-        out_of_time = clock.add(seconds)
-        last = epoch == cfg.epochs or out_of_time
-        if not (last or epoch % cfg.report_every == 0):
+        if not clock.end_epoch(epoch, seconds):
             continue
         crops_seen = cfg.optim.batch_size * len(shapes) * world
-        metrics.update(
-            epoch=epoch,
-            epoch_seconds=seconds,
-            crops_per_second=crops_seen / seconds,
-            train_seconds=clock.seconds,
-        )
+        metrics.update(clock.metrics(), crops_per_second=crops_seen / seconds)
         if rank == 0:
             metrics.update(validation_metrics(m, image, max(cfg.optim.crop_sizes), cfg.seed))
             logger.log(metrics, epoch)
-            if cfg.sample_every and (epoch % cfg.sample_every == 0 or last):
+            if cfg.sample_every and (epoch % cfg.sample_every == 0 or clock.last):
                 logger.log_image(
                     sample_image(m, cfg.sample_size, cfg.seed),
                     artifact_file=f"samples/epoch_{epoch:06d}.png",
                 )
-            history.append(epoch)
             worker.worker_print(
                 f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
                 f"D={metrics['critic_loss']:.3f}  G={metrics['generator_loss']:.3f}  "
                 f"pixel_ks_max={metrics['val_pixel_ks_max']:.3f}"
             )
-        progress = {"epoch": epoch, "history": history, "train_seconds": clock.seconds}
-        worker.report(metrics, rank=rank, state=m, progress=progress)
-        if out_of_time:
+        worker.report(metrics, rank=rank, state=m, clock=clock)
+        if clock.last:
             break

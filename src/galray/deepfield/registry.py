@@ -15,13 +15,9 @@ The pyfunc face: ``mlflow.pyfunc.load_model(uri).predict(df)`` with columns ``he
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -64,27 +60,7 @@ KIND = registry.BundleKind(
 )
 
 
-def log_deepfield_model(
-    bundle_dir: str | os.PathLike,
-    *,
-    registered_name: str | None,
-    alias: str | None,
-    run_id: str | None = None,
-) -> registry.ModelRef:
-    """Log, register and alias a generator bundle (see :func:`galray.registry.log_bundle`)."""
-    return registry.log_bundle(
-        KIND, bundle_dir, registered_name=registered_name, alias=alias, run_id=run_id
-    )
-
-
-def resolve_deepfield_uri(uri: str | os.PathLike) -> Path:
-    """The local generator bundle directory ``uri`` names."""
-    return registry.resolve_bundle_uri(KIND, uri)
-
-
-def load_deepfield_model(
-    uri: str | os.PathLike, device: str | torch.device = "cpu"
-) -> DeepFieldModel:
-    """Load a deep-field generator from a bundle directory, ``runs:/RUN_ID/sgan`` or
-    ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``) through the MLflow store in use."""
-    return DeepFieldModel.load(resolve_deepfield_uri(uri), device=device)
+# log (and register, alias) a bundle; a URI -> its local bundle directory; a URI -> the model
+log_deepfield_model = KIND.log
+resolve_deepfield_uri = KIND.resolve
+load_deepfield_model = KIND.load_uri

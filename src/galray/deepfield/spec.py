@@ -15,11 +15,9 @@ cost of a few generated crops; the source-extraction comparison runs once, on th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from galray.config import to_dict
 from galray.datasets.fitsfield import FieldImage, read_field
 from galray.deepfield import registry
 from galray.deepfield.bundle import DeepFieldModel
@@ -92,14 +90,11 @@ def build_trainer(
     cfg: DeepFieldTrainConfig,
     field: TrainingField,
     *,
-    storage: str,
-    name: str,
     mlflow_info: dict,
-    callbacks: Sequence = (),
-    keep_best: tuple[str, str] | None = None,
+    **run,
 ):
-    """The ``TorchTrainer`` of one run (see :func:`~galray.training.trainer.torch_trainer` for
-    ``callbacks`` and ``keep_best``); workers crop from the scaled image in the object store."""
+    """The ``TorchTrainer`` of one run (``run``: the run name, storage and callbacks of
+    :func:`~galray.training.trainer.torch_trainer`); workers crop from the scaled image in the object store."""
     import ray
 
     from galray.training.trainer import torch_trainer
@@ -107,13 +102,9 @@ def build_trainer(
     field_ref = ray.put(field.scaling.forward(field.image.data))
     return torch_trainer(
         train_loop,
-        to_dict(cfg) | {"_field": field_ref, "_mlflow": mlflow_info},
-        cfg.scaling,
-        name=name,
-        storage=storage,
-        max_failures=cfg.max_failures,
-        callbacks=callbacks,
-        keep_best=keep_best,
+        cfg,
+        loop_extra={"_field": field_ref, "_mlflow": mlflow_info},
+        **run,
     )
 
 

@@ -28,13 +28,7 @@ from galray.models.sgan import (
     pack,
     relativistic_average_losses,
 )
-from galray.training.modules import (
-    EMA,
-    GradientSync,
-    LearningRates,
-    MetricSums,
-    TrainingState,
-)
+from galray.training.modules import GradientSync, TrainingState, optimizer_step
 
 METRIC_NAMES = ("critic_loss", "generator_loss", "logit_gap")
 
@@ -56,9 +50,7 @@ class SGANModules(TrainingState):
         self.generator, self.critic = generator, critic
         self.opt_generator, self.opt_critic = opt_generator, opt_critic
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
-        self.metrics = MetricSums(METRIC_NAMES, next(generator.parameters()).device)
-        self.ema = EMA(generator, ema_decay)
-        self.rates = LearningRates([opt_generator, opt_critic])
+        super().__init__(generator, ema_decay, [opt_generator, opt_critic], METRIC_NAMES)
 
     @property
     def device(self) -> torch.device:
@@ -171,21 +163,15 @@ def train_batch(m: SGANModules, real: torch.Tensor, opt: DeepFieldOptimConfig, s
                 fake = gen(noise())
             logits = critic(torch.cat([real_packed, pack(fake.to(real.dtype), p)]))
         d_loss, _ = relativistic_average_losses(logits[:half], logits[half:])
-        m.opt_critic.zero_grad(set_to_none=False)
-        d_loss.backward()
-        sync(critic)
-        m.opt_critic.step()
+        optimizer_step(d_loss, critic, m.opt_critic, sync)
 
     critic.requires_grad_(False)  # the generator step needs gradients through, not of, the critic
     with m.autocast():
         fake = gen(noise())
         logits = critic(torch.cat([real_packed, pack(fake.to(real.dtype), p)]))
     _, g_loss = relativistic_average_losses(logits[:half], logits[half:])
-    m.opt_generator.zero_grad(set_to_none=False)
-    g_loss.backward()
+    optimizer_step(g_loss, gen, m.opt_generator, sync)
     critic.requires_grad_(True)
-    sync(gen)
-    m.opt_generator.step()
     m.update_ema()
 
     with torch.no_grad():

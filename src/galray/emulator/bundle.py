@@ -16,7 +16,6 @@ to it (:func:`galray.emulator.registry.load_emulator`).  Loading a bundle import
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +25,8 @@ import pandas as pd
 import torch
 
 from galray.emulator.features import EmulatorFeatures
-from galray.errors import DataError, ModelNotFoundError
-from galray.io import atomic_directory
+from galray.errors import DataError
+from galray.io import atomic_directory, read_bundle_meta, reading_bundle
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 from galray.models.flow import ConditionalFlow, FlowConfig
 
@@ -155,15 +154,8 @@ class Emulator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Emulator:
         path = Path(path)
-        meta_path = path / BUNDLE_META
-        if not meta_path.is_file():
-            raise ModelNotFoundError(f"{path}: not a galray emulator (no {BUNDLE_META})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "galray.emulator" or meta.get("version") != BUNDLE_VERSION:
-            raise ModelNotFoundError(
-                f"{meta_path}: unsupported emulator format {meta.get('format')!r} v{meta.get('version')}"
-            )
-        try:
+        meta = read_bundle_meta(path, BUNDLE_META, "galray.emulator", BUNDLE_VERSION, "emulator")
+        with reading_bundle(path, "emulator"):
             features = EmulatorFeatures.from_json((path / "features.json").read_text())
             net = NetConfig(**meta["net"])
             flow = FlowConfig(**meta["flow"]) if meta.get("model") == "flow" else None
@@ -171,15 +163,6 @@ class Emulator:
             detection = DetectionModel(features.n_cond, net)
             generator.load_state_dict(_load_state(path / "generator.pt"))
             detection.load_state_dict(_load_state(path / "detection.pt"))
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            RuntimeError,
-            pickle.UnpicklingError,
-        ) as exc:
-            raise ModelNotFoundError(f"{path}: damaged emulator bundle ({exc})") from exc
         return cls(generator, detection, features, net, meta.get("info"), flow).to(device)
 
 

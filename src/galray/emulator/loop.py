@@ -201,9 +201,8 @@ def train_loop(config: dict) -> None:
     graphs = cfg.cuda_graphs and not is_flow
     runner = GroupRunner(m, data, cfg.optim, GradientSync(world), cuda_graph=graphs)
     logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
-    clock = worker.EpochClock(cfg, device, world, progress.get("train_seconds", 0.0))
-    history = progress.get("history", [])
-    for epoch in range(progress.get("epoch", 0) + 1, cfg.epochs + 1):
+    clock = worker.EpochClock(cfg, device, world, progress)
+    for epoch in range(clock.start, cfg.epochs + 1):
         order, noise_seed = worker.epoch_seeds(cfg.seed, epoch, rank)
         torch.manual_seed(noise_seed)
         t0 = time.perf_counter()
@@ -215,31 +214,16 @@ def train_loop(config: dict) -> None:
             runner(idx_critic[g], idx_det[g])
         metrics = m.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
-        out_of_time = clock.add(seconds)
-        last = epoch == cfg.epochs or out_of_time
-        if not (last or epoch % cfg.report_every == 0):
+        if not clock.end_epoch(epoch, seconds):
             continue
-        rows = idx_critic.numel() * world
-        metrics.update(
-            epoch=epoch,
-            epoch_seconds=seconds,
-            rows_per_second=rows / seconds,
-            train_seconds=clock.seconds,
-        )
-        if last:
+        metrics.update(clock.metrics(), rows_per_second=idx_critic.numel() * world / seconds)
+        if clock.last:
             metrics["max_param_divergence"] = _param_divergence(m, device)
         if rank == 0:
             metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
             logger.log(metrics, epoch)
-            history.append(epoch)
             worker.worker_print(_progress_line(metrics, epoch, cfg.epochs))
-        progress = {"epoch": epoch, "history": history, "train_seconds": clock.seconds}
-        worker.report(
-            metrics,
-            rank=rank,
-            state=m,
-            progress=progress,
-            files={CHECKPOINT_FEATURES: features.to_json()},
-        )
-        if out_of_time:
+        files = {CHECKPOINT_FEATURES: features.to_json()}
+        worker.report(metrics, rank=rank, state=m, clock=clock, files=files)
+        if clock.last:
             break

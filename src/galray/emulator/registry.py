@@ -10,12 +10,8 @@ give the same samples.  :func:`load_emulator` loads by ``models:/NAME@ALIAS``,
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import mlflow
 import pandas as pd
-import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -66,27 +62,7 @@ KIND = registry.BundleKind(
 )
 
 
-def log_emulator(
-    bundle_dir: str | os.PathLike,
-    *,
-    registered_name: str | None,
-    alias: str | None,
-    run_id: str | None = None,
-) -> registry.ModelRef:
-    """Log, register and alias an emulator bundle (see :func:`galray.registry.log_bundle`)."""
-    return registry.log_bundle(
-        KIND, bundle_dir, registered_name=registered_name, alias=alias, run_id=run_id
-    )
-
-
-def resolve_emulator_uri(uri: str | os.PathLike) -> Path:
-    """The local emulator bundle directory ``uri`` names (see
-    :func:`galray.registry.resolve_bundle_uri`)."""
-    return registry.resolve_bundle_uri(KIND, uri)
-
-
-def load_emulator(uri: str | os.PathLike, device: str | torch.device = "cpu") -> Emulator:
-    """Load an emulator from a local bundle directory, ``runs:/RUN_ID/PATH`` or
-    ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``) through the MLflow tracking server /
-    registry in use."""
-    return Emulator.load(resolve_emulator_uri(uri), device=device)
+# log (and register, alias) a bundle; a URI -> its local bundle directory; a URI -> the model
+log_emulator = KIND.log
+resolve_emulator_uri = KIND.resolve
+load_emulator = KIND.load_uri

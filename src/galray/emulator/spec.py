@@ -16,11 +16,9 @@ scatter ignores depth or PSF.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from galray.config import to_dict
 from galray.datasets import schema
 from galray.emulator import registry
 from galray.emulator.bundle import Emulator, build_generator
@@ -94,31 +92,24 @@ def build_trainer(
     cfg: EmulatorTrainConfig,
     catalog,
     *,
-    storage: str,
-    name: str,
     mlflow_info: dict,
-    callbacks: Sequence = (),
-    keep_best: tuple[str, str] | None = None,
+    **run,
 ):
-    """The ``TorchTrainer`` of one training run (see :func:`~galray.training.trainer.
-    torch_trainer` for ``callbacks`` and ``keep_best``): the train split sharded across the
+    """The ``TorchTrainer`` of one training run (``run``: the run name, storage and
+    callbacks of :func:`~galray.training.trainer.torch_trainer`): the train split sharded across the
     workers, the validation split whole on each."""
     from galray.training.trainer import torch_trainer
 
     return torch_trainer(
         train_loop,
-        to_dict(cfg) | {"_mlflow": mlflow_info},
-        cfg.scaling,
-        name=name,
-        storage=storage,
-        max_failures=cfg.max_failures,
-        callbacks=callbacks,
-        keep_best=keep_best,
+        cfg,
+        loop_extra={"_mlflow": mlflow_info},
         datasets={
             "train": catalog.dataset("train", _columns(cfg)),
             "val": catalog.dataset("val", _columns(cfg)),
         },
         datasets_to_split=["train"],
+        **run,
     )
 
 

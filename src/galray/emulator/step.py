@@ -30,13 +30,7 @@ from galray.models.emulator import (
     gradient_penalty,
 )
 from galray.models.flow import ConditionalFlow, FlowConfig
-from galray.training.modules import (
-    EMA,
-    GradientSync,
-    LearningRates,
-    MetricSums,
-    TrainingState,
-)
+from galray.training.modules import GradientSync, TrainingState, optimizer_step
 
 GAN_METRICS = ("critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "detection_bce")
 FLOW_METRICS = ("nll", "detection_bce")
@@ -83,10 +77,8 @@ class EmulatorModules(TrainingState):
         self.generator, self.critic, self.detection = generator, critic, detection
         self.opt_generator, self.opt_critic = opt_generator, opt_critic
         self.opt_detection = opt_detection
-        device = next(generator.parameters()).device
-        self.metrics = MetricSums(FLOW_METRICS if critic is None else GAN_METRICS, device)
-        self.ema = EMA(generator, ema_decay)
-        self.rates = LearningRates(self.optimizers)
+        names = FLOW_METRICS if critic is None else GAN_METRICS
+        super().__init__(generator, ema_decay, self.optimizers, names)
 
     @property
     def is_flow(self) -> bool:
@@ -172,10 +164,7 @@ def train_group(
     )
     logits = m.detection(data.cond_all[idx_det])
     bce = F.binary_cross_entropy_with_logits(logits, data.label[idx_det])
-    m.opt_detection.zero_grad(set_to_none=False)
-    bce.backward()
-    sync(m.detection)
-    m.opt_detection.step()
+    optimizer_step(bce, m.detection, m.opt_detection, sync)
 
     m.metrics.add([*losses, bce])
 
@@ -202,18 +191,12 @@ def _gan_updates(
         eps = torch.rand(batch, 1, device=device)
         gp = gradient_penalty(critic, real, fake, cond, eps, opt.one_sided_penalty)
         loss = -wasserstein + opt.gp_weight * gp
-        m.opt_critic.zero_grad(set_to_none=False)
-        loss.backward()
-        sync(critic)
-        m.opt_critic.step()
+        optimizer_step(loss, critic, m.opt_critic, sync)
 
     # the generator's loss is the critic's score alone: nothing that shrinks its variance
     cond = data.cond_det[idx[-1]]
     g_loss = -critic(gen(torch.randn(batch, noise_dim, device=device), cond), cond).mean()
-    m.opt_generator.zero_grad(set_to_none=False)
-    g_loss.backward()
-    sync(gen)
-    m.opt_generator.step()
+    optimizer_step(g_loss, gen, m.opt_generator, sync)
     m.update_ema()
     return [loss, wasserstein, gp, g_loss]
 
@@ -223,12 +206,7 @@ def _flow_update(
 ) -> list[torch.Tensor]:
     """One maximum-likelihood step of the flow on the detected rows ``idx`` [B]."""
     nll = -m.generator.log_prob(data.target[idx], data.cond_det[idx]).mean()
-    m.opt_generator.zero_grad(set_to_none=False)
-    nll.backward()
-    sync(m.generator)
-    # foreach clipping scales on the device: no host synchronisation
-    torch.nn.utils.clip_grad_norm_(m.generator.parameters(), FLOW_CLIP_NORM, foreach=True)
-    m.opt_generator.step()
+    optimizer_step(nll, m.generator, m.opt_generator, sync, clip_norm=FLOW_CLIP_NORM)
     m.update_ema()
     return [nll]
 

@@ -49,7 +49,6 @@ one or two sigma may be the real field's own noise; pooling several generated fi
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -63,7 +62,7 @@ from scipy.stats import ks_2samp
 from galray.config import require
 from galray.datasets.fitsfield import FieldImage
 from galray.errors import DataError
-from galray.io import atomic_path, write_parquet
+from galray.io import atomic_path, write_json, write_parquet
 
 REPORT_NAME = "report.json"
 TARGETS = {"ks_p_min": 0.05, "median_dmag_max": 0.05, "count_ratio_tolerance": 0.10}
@@ -374,8 +373,7 @@ def deepfield_report(
         pa.Table.from_pandas(gen_cat, preserve_index=False), out / "generated_sources.parquet"
     )
     report["plots"] = _plots(real, generated[0], real_cat, gen_cat, report, out) if plots else []
-    with atomic_path(out / REPORT_NAME) as tmp:
-        tmp.write_text(json.dumps(_jsonable(report), indent=2))
+    write_json(report, out / REPORT_NAME)
     return report
 
 
@@ -385,20 +383,6 @@ def _rename(column: str, bands: list[str], real_bands: list[str]) -> str:
         if column.startswith(prefix) and column[len(prefix) :] in bands:
             return prefix + real_bands[bands.index(column[len(prefix) :])]
     return column
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 # --------------------------------------------------------------------------- plots

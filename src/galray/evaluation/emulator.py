@@ -41,7 +41,6 @@ undetected rows are ignored.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,13 +50,12 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from galray.errors import DataError
-from galray.io import atomic_path
+from galray.io import atomic_path, write_json
 
 MAG_BIN_WIDTH = 0.5  # mag
 DEPTH_BINS = 5  # quantile bins of depth
 MIN_ROWS = 100
 REPORT_NAME = "report.json"
-NOT_METRICS = frozenset({"seed"})  # numbers in the report that describe the run, not fidelity
 TRUTH_TOLERANCE = 1e-3  # mag: float32 storage of a float64 truth must still count as equal
 
 # -------------------------------------------------------------------------- inputs
@@ -366,40 +364,5 @@ def fidelity_report(
         report["plots"] = fidelity_plots(ref, emu, bands, tables, out)
     else:
         report["plots"] = []
-    with atomic_path(out / REPORT_NAME) as tmp:
-        tmp.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    write_json(report, out / REPORT_NAME)
     return report
-
-
-def _json_safe(value):
-    """NaN -> null, so report.json is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def report_metrics(report: dict) -> dict[str, float]:
-    """The report's finite scalar numbers, named as MLflow metrics (``ks_r-i`` -> ``ks_r_minus_i``)."""
-    return {
-        k.replace("-", "_minus_"): float(v)
-        for k, v in report.items()
-        if k not in NOT_METRICS
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-    }
-
-
-def log_report_to_mlflow(
-    report: dict, out_dir: str | Path, artifact_path: str = "fidelity"
-) -> None:
-    """Log the report's scalar metrics, and ``out_dir`` as artifacts under ``artifact_path``, to
-    the active MLflow run (one is started if none is active, as MLflow does)."""
-    import mlflow
-
-    mlflow.log_metrics(report_metrics(report))
-    mlflow.log_artifacts(str(out_dir), artifact_path=artifact_path)

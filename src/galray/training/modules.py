@@ -120,16 +120,40 @@ class GradientSync:
             offset += g.numel()
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sync: GradientSync,
+    clip_norm: float | None = None,
+) -> None:
+    """One update: backward ``loss``, average ``module``'s gradients across ranks, clip their
+    norm to ``clip_norm`` (on the device: no host synchronisation), step ``optimizer``."""
+    optimizer.zero_grad(set_to_none=False)
+    loss.backward()
+    sync(module)
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip_norm, foreach=True)
+    optimizer.step()
+
+
 class TrainingState:
     """Base of a product's networks and optimisers: named parts saved and restored together,
     an :class:`EMA` of the generator, learning rates and metric sums.
 
-    A subclass sets ``self.ema``, ``self.rates`` and ``self.metrics`` and implements
-    :meth:`parts` (name -> module or optimiser, ``None`` for an absent one)."""
+    A subclass calls ``__init__`` with its generator, EMA decay, optimisers and metric names,
+    and implements :meth:`parts` (name -> module or optimiser, ``None`` for an absent one)."""
 
-    ema: EMA
-    rates: LearningRates
-    metrics: MetricSums
+    def __init__(
+        self,
+        generator: nn.Module,
+        ema_decay: float,
+        optimizers: Sequence[torch.optim.Optimizer],
+        metric_names: Sequence[str],
+    ):
+        self.ema = EMA(generator, ema_decay)
+        self.rates = LearningRates(optimizers)
+        self.metrics = MetricSums(metric_names, next(generator.parameters()).device)
 
     def parts(self) -> dict[str, nn.Module | torch.optim.Optimizer | None]:
         raise NotImplementedError

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from galray.config import to_dict
 from galray.errors import ConfigError
+from galray.training.config import TrainJobConfig
 
 # CPUs a Ray Data read task asks for (its default): a local instance must keep this much free
 DATA_TASK_CPUS = 1.0
@@ -33,20 +35,19 @@ def check_room_for_data(scaling, *, reads_data: bool) -> None:
 
 def torch_trainer(
     train_loop: Callable[[dict], None],
-    loop_config: dict,
-    scaling,
+    cfg: TrainJobConfig,
     *,
     name: str,
     storage: str,
-    max_failures: int,
+    loop_extra: dict | None = None,
     callbacks: Sequence = (),
     keep_best: tuple[str, str] | None = None,
     datasets: dict | None = None,
     datasets_to_split: Sequence[str] = (),
 ):
-    """A ``TorchTrainer`` running ``train_loop(loop_config)`` on ``scaling``
-    (:class:`~galray.training.config.WorkerScaling`) workers, checkpointing under
-    ``storage/name`` and restarting a failed worker group up to ``max_failures`` times.
+    """A ``TorchTrainer`` running ``train_loop(config)`` -- ``config`` is ``cfg`` as a dict plus
+    ``loop_extra`` -- on ``cfg.scaling`` workers, checkpointing under ``storage/name`` and
+    restarting a failed worker group up to ``cfg.max_failures`` times.
 
     callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).
     keep_best: ``(metric, "min"|"max")`` keeps the best checkpoint by that metric besides the
@@ -56,6 +57,7 @@ def torch_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    scaling = cfg.scaling
     check_room_for_data(scaling, reads_data=bool(datasets))
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
@@ -69,7 +71,7 @@ def torch_trainer(
         extra = {"datasets": datasets, "dataset_config": ray.train.DataConfig(split)}
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config=to_dict(cfg) | (loop_extra or {}),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -78,7 +80,7 @@ def torch_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, **keep),
             callbacks=list(callbacks),
         ),

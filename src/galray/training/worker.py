@@ -1,9 +1,9 @@
 """Inside a Ray Train worker: what every product's training loop does around its own steps.
 
 A loop calls :func:`worker_context` first, restores with :func:`restore`, then for each epoch
-takes its seeds from :func:`epoch_seeds`, its learning-rate progress and stop decision from
-:class:`EpochClock`, and ends the epoch with :func:`report` (rank 0: metrics to MLflow, a
-progress line and a checkpoint; other ranks: metrics only).  :func:`maybe_fail` is the fault
+takes its seeds from :func:`epoch_seeds`, its learning rate and stop decision from
+:class:`EpochClock`, and ends a reported epoch with :func:`report` (rank 0: a checkpoint;
+other ranks: metrics only).  :func:`maybe_fail` is the fault
 injection the tests use.
 """
 
@@ -67,15 +67,24 @@ def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, int]
 class EpochClock:
     """Training time and where training stands, shared by all ranks.
 
-    ``progress(epoch)`` is the fraction of training done before ``epoch`` -- of ``epochs`` or of
-    ``time_budget_s``, whichever is further -- which sets the learning-rate schedule.
-    ``add(seconds)`` counts an epoch's time (the slowest rank's, when a budget is set, so all
-    ranks stop after the same epoch) and says whether the budget is spent."""
+    :meth:`lr_scale` gives an epoch's learning-rate multiplier from the fraction of training done
+    before it -- of ``epochs`` or of ``time_budget_s``, whichever is further.  :meth:`end_epoch`
+    counts an epoch's time (the slowest rank's when a budget is set, so all ranks stop after the
+    same epoch) and says whether the epoch reports; then :attr:`last` says whether it was the
+    last, :meth:`metrics` gives its timing metrics and :meth:`progress` what a checkpoint
+    records."""
 
-    def __init__(self, cfg: TrainJobConfig, device: torch.device, world: int, seconds: float):
-        self.epochs, self.budget = cfg.epochs, cfg.time_budget_s
+    def __init__(self, cfg: TrainJobConfig, device: torch.device, world: int, progress: dict):
+        self.epochs, self.budget, self.report_every = (
+            cfg.epochs,
+            cfg.time_budget_s,
+            cfg.report_every,
+        )
         self.device, self.world = device, world
-        self.seconds = seconds
+        self.seconds = progress.get("train_seconds", 0.0)
+        self.history = list(progress.get("history", []))
+        self.start = progress.get("epoch", 0) + 1
+        self.epoch, self.epoch_seconds, self.last = 0, 0.0, False
 
     def lr_scale(self, epoch: int, warmdown: float) -> float:
         progress = (epoch - 1) / self.epochs
@@ -83,12 +92,26 @@ class EpochClock:
             progress = max(progress, self.seconds / self.budget)
         return lr_scale(progress, warmdown)
 
-    def add(self, seconds: float) -> bool:
+    def end_epoch(self, epoch: int, seconds: float) -> bool:
         self.seconds += seconds
         if self.world > 1 and self.budget is not None:
             one = np.array([self.seconds])
             self.seconds = float(all_reduce_np(one, self.device, dist.ReduceOp.MAX)[0])
-        return self.budget is not None and self.seconds >= self.budget
+        out_of_time = self.budget is not None and self.seconds >= self.budget
+        self.epoch, self.epoch_seconds = epoch, seconds
+        self.last = epoch == self.epochs or out_of_time
+        return self.last or epoch % self.report_every == 0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "epoch": self.epoch,
+            "epoch_seconds": self.epoch_seconds,
+            "train_seconds": self.seconds,
+        }
+
+    def progress(self) -> dict:
+        """What a checkpoint records (rank 0 adds the epoch to the history)."""
+        return {"epoch": self.epoch, "history": self.history, "train_seconds": self.seconds}
 
 
 def restore(state, device: torch.device, extra: Callable[[Path], None] | None = None) -> dict:
@@ -117,19 +140,21 @@ def report(
     *,
     rank: int,
     state,
-    progress: dict,
+    clock: EpochClock,
     files: dict[str, str] | None = None,
 ) -> None:
-    """End of a reported epoch: rank 0 saves ``state``, ``progress`` and ``files`` (name ->
-    text) as a checkpoint and reports it with ``metrics``; other ranks report ``metrics``."""
+    """End of a reported epoch: rank 0 saves ``state``, the clock's progress and ``files``
+    (name -> text) as a checkpoint and reports it with ``metrics``; other ranks report
+    ``metrics``."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics)
         return
+    clock.history.append(clock.epoch)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state.state_dict(), Path(tmp) / CHECKPOINT_STATE)
-        (Path(tmp) / CHECKPOINT_PROGRESS).write_text(json.dumps(progress))
+        (Path(tmp) / CHECKPOINT_PROGRESS).write_text(json.dumps(clock.progress()))
         for name, text in (files or {}).items():
             (Path(tmp) / name).write_text(text)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
