@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from galray.config import load_config
-from galray.products import PRODUCTS, get_product
+from galray.products import ALIASES, PRODUCTS, get_product
 from galray.tune.search_space import load_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def _product(path: Path) -> str:
     stem = path.stem.removeprefix("tune-")
-    return next(name for name in PRODUCTS if stem.startswith(f"{name}-"))
+    return next(name for name in [*PRODUCTS, *ALIASES] if stem.startswith(f"{name}-"))
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -35,3 +35,21 @@ def test_every_product_ships_smoke_and_sweep_configs():
     for name in PRODUCTS:
         assert (CONFIGS / f"{name}-smoke.yaml").is_file()
         assert (CONFIGS / f"tune-{name}-smoke.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("product", "experiment"), [("emulator", "galray-emulator"), ("deepfield", "galray-sgan")]
+)
+def test_partial_tracking_section_keeps_the_products_defaults(product, experiment):
+    """``--set tracking.run_name=x`` (or a ``tracking:`` section naming some fields) fills the
+    rest from the product's defaults, not from the generic section's."""
+    spec = get_product(product)
+    cfg = load_config(
+        spec.config_cls,
+        None,
+        ["tracking.run_name=x", "data.image=x.fits"][: 1 + (product == "deepfield")],
+    )
+    assert cfg.tracking.run_name == "x"
+    assert cfg.tracking.experiment == experiment
+    assert cfg.tracking.registered_name == experiment
+    assert cfg.tracking.alias == "champion"

@@ -215,7 +215,7 @@ def swept(survey, tmp_path_factory, ray_session):
             "training": {t: _snapshot(sweep_dir / TRIALS_DIR / t) for t in states},
             "checkpoints": {t: _checkpoint_epochs(sweep_dir / TRIALS_DIR / t) for t in states},
         }
-        result = resume_sweep(sweep_dir, trainer="emulator", log=lambda *_: None, verbose=0)
+        result = resume_sweep(sweep_dir, product="emulator", log=lambda *_: None, verbose=0)
         yield result, tmp, at_kill
     finally:
         mp.undo()
@@ -321,3 +321,20 @@ def test_sweep_is_tracked_in_mlflow_with_a_registered_best_model(swept):
     out = emulator.sample(rows, seed=0)
     assert out["detected"].mean() > 0.9
     assert np.isfinite(out["obs_mag_i"][out["detected"]]).all()
+
+
+def test_a_sweep_saved_under_the_old_product_name_resumes_under_the_new(tmp_path):
+    """Sweeps started as ``galray tune sgan`` record ``"trainer": "sgan"``; resuming them as
+    ``deepfield`` (or ``sgan``) passes the product check, resuming as another product does not."""
+    import json
+
+    from galray.errors import ConfigError
+    from galray.tune.sweep import STATE_FILE
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"trainer": "sgan", "raw": {}, "mlflow": {}}))
+    with pytest.raises(ConfigError, match="is a sweep of sgan, not emulator"):
+        resume_sweep(tmp_path, product="emulator")
+    for product in ("deepfield", "sgan"):
+        with pytest.raises(ConfigError) as failed:  # past the check: the empty config is refused
+            resume_sweep(tmp_path, product=product)
+        assert "is a sweep of" not in str(failed.value)

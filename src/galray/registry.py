@@ -40,7 +40,7 @@ class BundleKind:
 
     label: what to call it in messages ("emulator").  meta_file: the file that marks a bundle
     directory.  model_name: the logged model's name (``runs:/RUN_ID/<model_name>``).
-    load(path): the bundle object of a directory; raises ModelNotFoundError if damaged.
+    load(path, device=): the bundle object of a directory; ModelNotFoundError if damaged.
     python_model(): the pyfunc wrapper to log.  signature(bundle), metadata(bundle): the logged
     model's MLflow signature and metadata.
     """
@@ -48,7 +48,7 @@ class BundleKind:
     label: str
     meta_file: str
     model_name: str
-    load: Callable[[Path], Any]
+    load: Callable[..., Any]
     python_model: Callable[[], mlflow.pyfunc.PythonModel]
     signature: Callable[[Any], ModelSignature]
     metadata: Callable[[Any], Mapping[str, Any]]

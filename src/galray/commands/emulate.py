@@ -22,13 +22,13 @@ def register(sub, groups) -> None:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    """Emulate survey catalogs with a trained emulator (Ray Data, resumable).
+    r"""Emulate survey catalogs with a trained emulator (Ray Data, resumable).
 
     Place the deep catalog at random footprint positions (or the given ones) K times, look up
     observing conditions, and emulate measurement and detection.  Output: Parquet shards
     part-rKKKK-cJJJJJ.parquet plus _emulation.json; deterministic for a seed.  Example:
-        galray emulate --model models:/galray-emulator-smoke@champion \\
-            --deep data/smoke-survey/deep --maps data/smoke-survey/maps --out emulated/ \\
+        galray emulate --model models:/galray-emulator-smoke@champion \
+            --deep data/smoke-survey/deep --maps data/smoke-survey/maps --out emulated/ \
             --realizations 20 --seed 1
     """
     from pathlib import Path

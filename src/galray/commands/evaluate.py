@@ -31,7 +31,7 @@ def register(sub, groups) -> None:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    """Fidelity of an emulator on held-out injections.
+    r"""Fidelity of an emulator on held-out injections.
 
     Emulate held-out injections (truth and conditions known) and compare them with the measured
     ones: KS statistics, (obs - true) in bins, detection fraction, and a classifier two-sample
@@ -92,7 +92,7 @@ def _register_deepfield(ev) -> None:
 
 
 def _deepfield(args: argparse.Namespace) -> int:
-    """Compare sources detected in real and generated deep fields.
+    r"""Compare sources detected in real and generated deep fields.
 
     Detect sources with sep using identical settings on the real and the generated field(s)
     (detection image: mean of the bands; >= --min-area connected pixels above --threshold

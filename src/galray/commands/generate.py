@@ -21,7 +21,7 @@ def register(sub, groups) -> None:
 
 
 def _deepfield(args: argparse.Namespace) -> int:
-    """Generate a deep field of any size, tile by tile on Ray, into a FITS file.
+    r"""Generate a deep field of any size, tile by tile on Ray, into a FITS file.
 
     The noise array is split into overlapping tiles that Ray tasks generate independently; the
     halo of each tile is cropped, so the stitched field equals a one-pass generation.  Tiles

@@ -30,12 +30,12 @@ def register(sub, groups) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    """FITS/HDF5/Parquet catalogs -> Parquet shards with a HEALPix pixel column.
+    r"""FITS/HDF5/Parquet catalogs -> Parquet shards with a HEALPix pixel column.
 
     Rename and convert catalog columns by a YAML column map (see
     configs/columns/des_y3_example.yaml), drop rows without id/ra/dec, add the HEALPix pixel of
     (ra, dec) and write part-NNNNN.parquet shards.  Example:
-        galray ingest catalog balrog_*.fits --columns configs/columns/des_y3_example.yaml \\
+        galray ingest catalog balrog_*.fits --columns configs/columns/des_y3_example.yaml \
             --out data/cat --nside 4096
     """
     from galray.datasets.ingest_catalog import ingest_catalogs
@@ -53,7 +53,7 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def _maps(args: argparse.Namespace) -> int:
-    """Healpy FITS maps -> one Parquet condition table (pixel -> value per map).
+    r"""Healpy FITS maps -> one Parquet condition table (pixel -> value per map).
 
     Each SPEC is COLUMN=path.fits or path.fits (column = file stem).  Maps may be full-sky or
     partial, RING or NESTED, but must share nside.  Only pixels where every map is defined are

@@ -20,7 +20,7 @@ def register(sub, groups) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    """Simulate a small survey, train the emulator, emulate and evaluate (~1 min on CPU).
+    r"""Simulate a small survey, train the emulator, emulate and evaluate (~1 min on CPU).
 
     The survey has a known transfer function; the emulator trains on a local Ray instance and
     is logged and registered in a local MLflow store; one realization of the survey is emulated

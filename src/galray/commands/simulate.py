@@ -29,7 +29,7 @@ def register(sub, groups) -> None:
 
 
 def _survey(args: argparse.Namespace) -> int:
-    """Deep catalog + HEALPix condition maps + Balrog-style injection catalog.
+    r"""Deep catalog + HEALPix condition maps + Balrog-style injection catalog.
 
     The transfer function is known (see galray.datasets.simulate), so an emulator trained on
     it can be scored against the truth.  Example:
@@ -51,7 +51,7 @@ def _survey(args: argparse.Namespace) -> int:
 
 
 def _deepfield(args: argparse.Namespace) -> int:
-    """A 3-band GalSim deep field (FITS, one HDU per band, WCS) and its true catalog.
+    r"""A 3-band GalSim deep field (FITS, one HDU per band, WCS) and its true catalog.
 
     Sersic galaxies with deep number counts, sizes, ellipticities and colours, convolved with a
     Moffat PSF per band, on a 0.06" grid with sky noise; pixel values in nJy (MAGZERO 31.4).

@@ -20,7 +20,7 @@ def register(sub, groups) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train a product's model with Ray Train, log and register it in MLflow, and score it."""
+    r"""Train a product's model with Ray Train, log and register it in MLflow, and score it."""
     from galray.config import load_config
     from galray.products import get_product
     from galray.training.job import run_training

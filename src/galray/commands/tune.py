@@ -32,7 +32,7 @@ def register(sub, groups) -> None:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    """Search a product's hyperparameters with Ray Tune (ASHA) and register the best model."""
+    r"""Search a product's hyperparameters with Ray Tune (ASHA) and register the best model."""
     from galray.errors import ConfigError
     from galray.products import get_product
     from galray.tune.search_space import load_sweep
@@ -42,7 +42,7 @@ def _tune(args: argparse.Namespace) -> int:
     if args.resume:
         if args.overrides:
             raise ConfigError("--set: a resumed sweep keeps its config; --set is not allowed")
-        result = resume_sweep(args.resume, trainer=spec.name)
+        result = resume_sweep(args.resume, product=spec.name)
     else:
         sweep = load_sweep(
             spec.name, spec.config_cls, args.config, args.overrides, fixed=spec.fixed
@@ -67,7 +67,7 @@ def print_summary(result) -> int:
     if result.parent_run_id:
         print(f"  MLflow run:     {result.parent_run_id} (one child run per trial)")
     if result.interrupted:
-        print(f"  interrupted: continue with galray tune {result.trainer} --resume {result.path}")
+        print(f"  interrupted: continue with galray tune {result.product} --resume {result.path}")
         return 130
     if result.best is None:
         print("  no trial produced a checkpoint")

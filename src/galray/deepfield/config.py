@@ -40,6 +40,16 @@ class FieldDataConfig:
 
 
 @dataclass
+class DeepFieldTracking(TrackingConfig):
+    """MLflow for the deep-field generator: experiment ``galray-sgan``, registered as
+    ``galray-sgan@champion`` -- the names models trained before the product was called
+    ``deepfield`` are in (see :class:`~galray.training.config.TrackingConfig`)."""
+
+    experiment: str = "galray-sgan"
+    registered_name: str | None = "galray-sgan"
+
+
+@dataclass
 class DeepFieldOptimConfig(AdversarialOptim):
     """SGAN optimisation (Smith & Geach 2019: Adam at 2e-4, 30 batches of 128 crops of 64, 128 or
     256 pixels per epoch; betas are DCGAN's, the paper does not state them).
@@ -88,7 +98,7 @@ class DeepFieldTrainConfig(TrainJobConfig):
     data: FieldDataConfig = field(default_factory=FieldDataConfig)
     net: SGANNetConfig = field(default_factory=SGANNetConfig)
     optim: DeepFieldOptimConfig = field(default_factory=DeepFieldOptimConfig)
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig.for_product("sgan"))
+    tracking: DeepFieldTracking = field(default_factory=DeepFieldTracking)
     epochs: int = 100
     sample_every: int = 10
     sample_size: int = 256

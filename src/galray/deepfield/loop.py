@@ -95,9 +95,10 @@ def train_loop(config: dict) -> None:
     mlflow_info = config.pop("_mlflow", {})
     field_ref = config.pop("_field")
     cfg = from_dict(DeepFieldTrainConfig, config)
-    ctx = worker.worker_context(cfg.scaling)
+    ctx = worker.worker_context()
     rank, world, device = ctx.rank, ctx.world, ctx.device
     image = _load_image(field_ref, device)
+    worker.use_torch_threads(cfg.scaling)
 
     m = build_sgan_modules(
         cfg.net,
@@ -134,7 +135,11 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             metrics.update(validation_metrics(m, image, max(cfg.optim.crop_sizes), cfg.seed))
             logger.log(metrics, epoch)
-            if cfg.sample_every and (epoch % cfg.sample_every == 0 or clock.last):
+            if (
+                logger.enabled
+                and cfg.sample_every
+                and (epoch % cfg.sample_every == 0 or clock.last)
+            ):
                 logger.log_image(
                     sample_image(m, cfg.sample_size, cfg.seed),
                     artifact_file=f"samples/epoch_{epoch:06d}.png",

@@ -109,9 +109,11 @@ def build_trainer(
 
 
 def model_from_checkpoint(
-    path: str | Path, cfg: DeepFieldTrainConfig, field: TrainingField, info: dict | None = None
+    path: str | Path, cfg: DeepFieldTrainConfig, *, data: TrainingField, info: dict | None = None
 ) -> DeepFieldModel:
-    """The exported generator (EMA weights if kept) of a checkpoint as a DeepFieldModel."""
+    """The exported generator (EMA weights if kept) of a checkpoint as a DeepFieldModel, with
+    the training field's scaling, bands, zeropoints, pixel scale and centre."""
+    field = data
     state = load_state(path)
     generator = Generator(cfg.net)
     key = "ema_generator" if cfg.optim.ema_decay > 0 else "generator"
@@ -145,7 +147,7 @@ def _evaluate(cfg: DeepFieldTrainConfig, model: DeepFieldModel, field: TrainingF
     step = model.upsampling
     h, w = (n // step * step for n in image.shape)
     generated = FieldImage(
-        model.generate(h, w, seed=cfg.seed),
+        model.generate(h, w, seed=cfg.seed, tile=1024),  # tiled: bounded memory, same field
         list(image.bands),
         list(image.zeropoints),
         pixel_scale=image.pixel_scale,
@@ -158,7 +160,7 @@ def _evaluate(cfg: DeepFieldTrainConfig, model: DeepFieldModel, field: TrainingF
 SPEC = ProductSpec(
     name="deepfield",
     config_cls=DeepFieldTrainConfig,
-    bundle_dir="sgan",
+    bundle_dir="sgan",  # the run directory and bundle names of models trained before
     kind=registry.KIND,
     metric="val_pixel_ks_max",
     mode="min",

@@ -66,6 +66,15 @@ class CatalogDataConfig:
 
 
 @dataclass
+class EmulatorTracking(TrackingConfig):
+    """MLflow for the emulator: experiment ``galray-emulator``, registered as
+    ``galray-emulator@champion`` (see :class:`~galray.training.config.TrackingConfig`)."""
+
+    experiment: str = "galray-emulator"
+    registered_name: str | None = "galray-emulator"
+
+
+@dataclass
 class EmulatorOptimConfig(AdversarialOptim):
     """WGAN-GP optimisation (defaults from Gulrajani et al. 2017: lr 1e-4, Adam betas (0, 0.9),
     5 critic steps per generator step, penalty weight 10).  The flow uses ``batch_size``,
@@ -112,7 +121,7 @@ class EmulatorTrainConfig(TrainJobConfig):
     net: NetConfig = field(default_factory=NetConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: EmulatorOptimConfig = field(default_factory=EmulatorOptimConfig)
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig.for_product("emulator"))
+    tracking: EmulatorTracking = field(default_factory=EmulatorTracking)
     cuda_graphs: bool = True
     evaluate: bool = True
     eval_rows: int = 50_000

@@ -4,7 +4,8 @@ model).
 The same :func:`train_loop` runs on one CPU worker (gloo) and on N GPU workers (NCCL).  Each worker
 takes its shard of the training rows from Ray Data (``get_dataset_shard``) and holds it on its
 device; standardisation is fitted from moments summed over all ranks, so every rank encodes rows
-identically.  Every epoch rank 0 reports a checkpoint through ``ray.train.report``; a restarted
+identically.  Every ``report_every`` epochs rank 0 reports a checkpoint through
+``ray.train.report``; a restarted
 worker group (``FailureConfig``) resumes from the latest one, so finished epochs are not repeated.
 Per-epoch metrics go to MLflow from rank 0 (into the run the driver opened), the final model is
 logged and registered by the driver (:func:`galray.training.job.run_training`).
@@ -158,12 +159,13 @@ def train_loop(config: dict) -> None:
 
     mlflow_info = config.pop("_mlflow", {})
     cfg = from_dict(EmulatorTrainConfig, config)
-    ctx = worker.worker_context(cfg.scaling)
+    ctx = worker.worker_context()
     rank, world, device = ctx.rank, ctx.world, ctx.device
     bands = list(schema.BANDS)
     needed = _columns_needed(bands, cfg.data.use_size)
 
     columns = materialize(ray.train.get_dataset_shard("train"), needed)
+    worker.use_torch_threads(cfg.scaling)
     features = fit_features(columns, bands, cfg.data.use_size, device, cfg.whiten_targets)
     is_flow = cfg.model == "flow"
     steps = steps_per_group(cfg.optim, is_flow)

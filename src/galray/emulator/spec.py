@@ -114,10 +114,11 @@ def build_trainer(
 
 
 def emulator_from_checkpoint(
-    path: str | Path, cfg: EmulatorTrainConfig, catalog=None, info: dict | None = None
+    path: str | Path, cfg: EmulatorTrainConfig, *, data=None, info: dict | None = None
 ) -> Emulator:
     """The generator (or flow) and detection model of a training checkpoint as an
-    :class:`Emulator`."""
+    :class:`Emulator` (``data``, the training catalog, is not needed: the features travel in
+    the checkpoint)."""
     from galray.models.emulator import DetectionModel
 
     path = Path(path)

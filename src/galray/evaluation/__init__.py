@@ -1,8 +1,8 @@
 """Evaluation of models against known truth.
 
 * :mod:`galray.evaluation.emulator`: fidelity of a transfer-function emulator
-  (:func:`~galray.evaluation.emulator.fidelity_report`,
-  :func:`~galray.evaluation.emulator.log_report_to_mlflow`);
+  (:func:`~galray.evaluation.emulator.fidelity_report`; reports are logged to MLflow with
+  :func:`galray.tracking.log_report`);
 * :mod:`galray.evaluation.plots`: the PNG figures of the emulator fidelity report;
 * :mod:`galray.evaluation.deepfield`: fidelity of generated deep-field images.
 

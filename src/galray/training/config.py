@@ -50,18 +50,14 @@ class WorkerScaling:
 class TrackingConfig:
     """MLflow: experiment name, run name, registered model name and alias (empty: don't
     register).  enabled: false skips MLflow entirely (the bundle is still saved under
-    storage_path).  Each product's default is :meth:`for_product`."""
+    storage_path).  Each product subclasses it with its own defaults, so a partial ``tracking:``
+    section or ``--set tracking.run_name=...`` keeps the product's experiment and name."""
 
     enabled: bool = True
     experiment: str = "galray"
     run_name: str | None = None
     registered_name: str | None = None
     alias: str | None = "champion"
-
-    @classmethod
-    def for_product(cls, product: str) -> TrackingConfig:
-        """Track into experiment ``galray-<product>``; register ``galray-<product>@champion``."""
-        return cls(experiment=f"galray-{product}", registered_name=f"galray-{product}")
 
 
 @dataclass

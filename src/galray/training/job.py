@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from galray.config import to_dict
+from galray.registry import BundleKind
 from galray.training.config import TrainJobConfig
 
 
@@ -51,7 +52,7 @@ class ProductSpec:
     name: str
     config_cls: type[TrainJobConfig]
     bundle_dir: str
-    kind: Any
+    kind: BundleKind
     metric: str
     mode: str
     prepare: Callable[..., TrainJobConfig]
@@ -138,6 +139,7 @@ def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainR
             storage / name,
             data=data,
             run_id=run_id if run is not None else None,
+            info={"run_id": run_id},  # the job's id even without MLflow
             log=log,
         )
         seconds = time.perf_counter() - t0
@@ -171,18 +173,19 @@ def publish(
     ``out_dir/<bundle_dir>`` -> the MLflow model of run ``run_id`` (None: MLflow off),
     registered as ``tracking.registered_name@alias`` -> its report under ``out_dir/report``
     (logged to the same run).  ``data``: the training data's handle (loaded if None); ``info``:
-    provenance recorded in the bundle besides the run, data and config."""
+    provenance recorded in the bundle besides the data and config (``run_id`` defaults to the
+    MLflow run's)."""
     from ray.train import Checkpoint
 
     from galray import registry
 
     out_dir = Path(out_dir)
     data = spec.load_data(cfg) if data is None else data
-    info = dict(info or {}, run_id=run_id, **spec.provenance(cfg, data), config=to_dict(cfg))
+    info = {"run_id": run_id, **(info or {}), **spec.provenance(cfg, data), "config": to_dict(cfg)}
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
     with checkpoint.as_directory() as directory:
-        model = spec.export(directory, cfg, data, info)
+        model = spec.export(directory, cfg, data=data, info=info)
     bundle = model.save(out_dir / spec.bundle_dir, overwrite=True)
     out = Published(bundle=str(bundle), model_uri=str(bundle))
     if run_id is not None:

@@ -36,15 +36,20 @@ class WorkerContext:
     device: torch.device
 
 
-def worker_context(scaling) -> WorkerContext:
-    """This worker's rank, world size and device; applies ``scaling.torch_threads``."""
+def worker_context() -> WorkerContext:
+    """This worker's rank, world size and device."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
+    return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def use_torch_threads(scaling) -> None:
+    """``scaling.torch_threads`` torch CPU threads, when set -- called once the worker's data is
+    read, so reading keeps Ray's one thread per reserved CPU."""
     if scaling.torch_threads:
         torch.set_num_threads(int(scaling.torch_threads))
-    return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
 
 def all_reduce_np(x: np.ndarray, device: torch.device, op=None) -> np.ndarray:
@@ -178,6 +183,11 @@ class MlflowEpochLogger:
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(mlflow_info["tracking_uri"])
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a run to log to (else logging does nothing)."""
+        return self.client is not None
 
     def log(self, metrics: dict[str, float], epoch: int) -> None:
         if self.client is None:

@@ -28,7 +28,7 @@ class SweepResult:
     """A sweep's outcome: its trials (best first), the published trial and model, the parent
     MLflow run (None when tracking is off)."""
 
-    trainer: str
+    product: str
     name: str
     path: str
     metric: str

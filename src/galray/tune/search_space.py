@@ -1,4 +1,4 @@
-"""The sweep config of ``galray tune <trainer>``: a base training config, a search space over its
+"""The sweep config of ``galray tune <product>``: a base training config, a search space over its
 fields, and how Ray Tune runs the trials.  Validated once, before any Ray work; errors name the
 field (``search.net.widht: unknown field``).
 
@@ -56,7 +56,7 @@ class TuneSettings:
     ``grace_period * reduction_factor**k`` epochs) or ``fifo`` (every trial runs all epochs).
     trial_cpus: CPU share of each trial's own process, which only drives its Ray Train workers
     (their shares are ``train.scaling``).  seed: draws of the search space.  name: experiment
-    directory under ``storage_path`` (default ``tune-<trainer>-<time>``).
+    directory under ``storage_path`` (default ``tune-<product>-<time>``).
     """
 
     metric: str | None = None
@@ -132,7 +132,7 @@ class Sweep:
     Tune settings.  ``raw`` is the merged YAML (``train`` / ``search`` / ``tune``) that rebuilds
     it on resume."""
 
-    trainer: str
+    product: str
     base: Any
     base_dict: dict
     space: list[Dimension]
@@ -162,7 +162,7 @@ def trial_config(cls: type, base_dict: dict, params: dict, prefix: str = "") -> 
 
 
 def load_sweep(
-    trainer: str,
+    product: str,
     config_cls: type,
     path: str | Path | None,
     overrides: list[str] = (),
@@ -197,14 +197,14 @@ def load_sweep(
         else:
             search.update(_flatten_search(spec, key.strip()))
     return build_sweep(
-        trainer,
+        product,
         config_cls,
         {"train": train, "search": search, "tune": _section(data, "tune")},
         fixed=fixed,
     )
 
 
-def build_sweep(trainer: str, config_cls: type, raw: dict, *, fixed: tuple[str, ...] = ()) -> Sweep:
+def build_sweep(product: str, config_cls: type, raw: dict, *, fixed: tuple[str, ...] = ()) -> Sweep:
     """Validate ``raw`` = ``{"train": ..., "search": {dotted: spec}, "tune": ...}``."""
     settings = from_dict(TuneSettings, raw.get("tune") or {}, prefix="tune.")
     base = from_dict(config_cls, raw.get("train") or {}, prefix="train.")
@@ -214,7 +214,7 @@ def build_sweep(trainer: str, config_cls: type, raw: dict, *, fixed: tuple[str, 
         for key, spec in (raw.get("search") or {}).items()
     ]
     require(bool(space), "search", "the search space is empty: give at least one field")
-    return Sweep(trainer, base, base_dict, space, settings, copy.deepcopy(raw))
+    return Sweep(product, base, base_dict, space, settings, copy.deepcopy(raw))
 
 
 def _section(data: dict, name: str) -> dict:

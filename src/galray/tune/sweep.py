@@ -7,7 +7,7 @@ inside ``Tuner(trainer)``; this is its supported Train-in-Tune form.
 
 Layout of a sweep directory ``<tune.storage_path>/<tune.name>``::
 
-    galray-sweep.json    what ``--resume`` needs: trainer, validated config, MLflow parent run
+    galray-sweep.json    what ``--resume`` needs: product, validated config, MLflow parent run
     asha-rungs.state     ASHA's rungs as JSON (Tune does not save its scheduler's state)
     trials/<trial_id>/   each trial's Ray Train run: checkpoints, resumed from on restart
     <trial_id>/          Tune's trial directory (result.json, progress.csv)
@@ -58,7 +58,7 @@ TAG_STATUS = "galray.tune_status"
 def _run_trial(
     params: dict,
     *,
-    trainer: str,
+    product: str,
     base_dict: dict,
     sweep_dir: str,
     metric: str,
@@ -70,7 +70,7 @@ def _run_trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    spec = get_product(trainer)
+    spec = get_product(product)
     cfg = trial_config(spec.config_cls, base_dict, params)
     trial_id = ray.tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -78,7 +78,7 @@ def _run_trial(
     if mlflow:
         client, run_id = _child_run(mlflow, trial_id, cfg)
         mlflow_info = {"tracking_uri": mlflow["tracking_uri"], "run_id": run_id}
-    trainer = spec.build_trainer(
+    torch_trainer = spec.build_trainer(
         cfg,
         spec.load_data(cfg),
         storage=str(Path(sweep_dir) / TRIALS_DIR),
@@ -87,7 +87,7 @@ def _run_trial(
         callbacks=[TuneReportCallback()],
         keep_best=(metric, mode),
     )
-    result = trainer.fit()
+    result = torch_trainer.fit()
     if result.error is not None:
         raise result.error
     if client is not None:
@@ -200,7 +200,7 @@ def _tuner_parts(spec, sweep: Sweep, sweep_dir: Path, mlflow: dict):
     trainable = tune.with_resources(
         tune.with_parameters(
             _run_trial,
-            trainer=spec.name,
+            product=spec.name,
             base_dict=sweep.base_dict,
             sweep_dir=str(sweep_dir),
             metric=metric,
@@ -241,7 +241,7 @@ def start_sweep(spec, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResu
     init_ray()
     mlflow = _open_parent(sweep, name, log)
     sweep_dir.mkdir(parents=True)
-    state = {"trainer": spec.name, "raw": raw, "mlflow": mlflow}
+    state = {"trainer": spec.name, "raw": raw, "mlflow": mlflow}  # key kept for old sweeps
     (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     trainable, metric = _tuner_parts(spec, sweep, sweep_dir, mlflow)
@@ -269,11 +269,11 @@ def start_sweep(spec, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResu
 
 
 def resume_sweep(
-    path: str | Path, *, trainer: str | None = None, log=print, verbose: int = 1
+    path: str | Path, *, product: str | None = None, log=print, verbose: int = 1
 ) -> SweepResult:
     """Continue the interrupted sweep in directory ``path``: finished trials are kept, unfinished
-    (and errored) ones resume from their latest checkpoint, the rest start.  trainer: if given,
-    the sweep must be one of this trainer."""
+    (and errored) ones resume from their latest checkpoint, the rest start.  product: if given,
+    the sweep must be one of this product (or its alias)."""
     from ray import tune
 
     from galray.training.ray_env import init_ray
@@ -284,8 +284,8 @@ def resume_sweep(
     if not state_path.is_file():
         raise ConfigError(f"--resume: {sweep_dir} is not a galray sweep (no {STATE_FILE})")
     state = json.loads(state_path.read_text())
-    if trainer is not None and state["trainer"] != trainer:
-        raise ConfigError(f"--resume: {sweep_dir} is a sweep of {state['trainer']}, not {trainer}")
+    if product is not None and get_product(state["trainer"]).name != get_product(product).name:
+        raise ConfigError(f"--resume: {sweep_dir} is a sweep of {state['trainer']}, not {product}")
     spec = get_product(state["trainer"])
     sweep = build_sweep(spec.name, spec.config_cls, state["raw"], fixed=spec.fixed)
     init_ray()
@@ -346,7 +346,7 @@ def _finish(spec, sweep, sweep_dir: Path, grid, mlflow: dict, t0: float, log) ->
 
     def outcome(**kwargs) -> SweepResult:
         return SweepResult(
-            trainer=spec.name,
+            product=spec.name,
             name=sweep_dir.name,
             path=str(sweep_dir),
             metric=metric,
