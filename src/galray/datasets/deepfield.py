@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from astropy.wcs import WCS
 
 from galray.config import require, to_dict
 from galray.datasets.fitsfield import NJY_ZEROPOINT, FieldImage, write_field
@@ -150,8 +149,11 @@ def draw_catalog(cfg: DeepFieldConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def field_wcs(cfg: DeepFieldConfig) -> WCS:
-    """TAN projection centred on (ra, dec), north up, east left, ``pixel_scale`` arcsec."""
+def field_wcs(cfg: DeepFieldConfig):
+    """TAN projection (an ``astropy.wcs.WCS``) centred on (ra, dec), north up, east left,
+    ``pixel_scale`` arcsec."""
+    from astropy.wcs import WCS  # lazy: training configs import this module
+
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [cfg.ra, cfg.dec]

@@ -64,7 +64,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 
@@ -175,6 +174,8 @@ def simulate_deep(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def _smooth_field(nside: int, rng: np.random.Generator, ell0: float = 30.0) -> np.ndarray:
     """A full-sky unit-variance Gaussian field (RING order) with ``C_l ∝ exp(-(l/ell0)^2)``."""
+    import healpy as hp  # lazy: training configs import this module
+
     lmax = int(min(3 * nside - 1, 6 * ell0))
     ell = np.arange(lmax + 1)
     cl = np.exp(-((ell / ell0) ** 2))
@@ -192,6 +193,8 @@ def _smooth_field(nside: int, rng: np.random.Generator, ell0: float = 30.0) -> n
 
 def footprint_box_pixels(nside: int, ra_range, dec_range) -> np.ndarray:
     """RING pixels whose centres lie inside the ra/dec box (degrees)."""
+    import healpy as hp  # lazy: training configs import this module
+
     theta_lo = np.radians(90.0 - dec_range[1])
     theta_hi = np.radians(90.0 - dec_range[0])
     strip = hp.query_strip(nside, theta_lo, theta_hi, inclusive=False)
@@ -201,6 +204,8 @@ def footprint_box_pixels(nside: int, ra_range, dec_range) -> np.ndarray:
 
 def simulate_condition_maps(cfg: SurveyConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Footprint pixels (``cfg.ordering``, sorted) and ``{psf_fwhm_b, depth_b}`` float32 arrays."""
+    import healpy as hp  # lazy: training configs import this module
+
     rng = _rng(cfg.seed, _MAPS)
     nside = cfg.nside
     seeing, sky, holes = (_smooth_field(nside, rng) for _ in range(3))
@@ -225,6 +230,8 @@ def sample_positions(
     n: int, cfg: SurveyConfig, footprint: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` positions uniform on the sphere inside the footprint: (ra, dec, pixel)."""
+    import healpy as hp  # lazy: training configs import this module
+
     nest = cfg.ordering == "NESTED"
     sin_lo, sin_hi = np.sin(np.radians(cfg.dec_range))
     ra_out, dec_out, pix_out, have = [], [], [], 0
@@ -357,6 +364,8 @@ def _write_fits_maps(
     out: Path, cfg: SurveyConfig, pixels: np.ndarray, values: dict[str, np.ndarray]
 ) -> None:
     """Partial (explicit-pixel) healpy FITS maps, the form survey maps usually arrive in."""
+    import healpy as hp  # lazy: training configs import this module
+
     out.mkdir(parents=True, exist_ok=True)
     nest = cfg.ordering == "NESTED"
     for name, vals in values.items():
@@ -385,6 +394,8 @@ def simulate_survey(
         out/maps/fits/*.fits         the same maps as partial healpy FITS files
         out/injections/part-*.parquet
     """
+    import healpy as hp  # lazy: training configs import this module
+
     t0 = time.perf_counter()
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as tmp:
