@@ -53,3 +53,35 @@ def test_partial_tracking_section_keeps_the_products_defaults(product, experimen
     assert cfg.tracking.experiment == experiment
     assert cfg.tracking.registered_name == experiment
     assert cfg.tracking.alias == "champion"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: get_product("deepfield").config_cls(precision="fp16"),
+            "precision: must be one of",
+        ),
+        (
+            lambda: get_product("emulator").config_cls(model="maf"),
+            "model: must be one of gan, flow",
+        ),
+        (lambda: load_config(get_product("emulator").config_cls, None, ["model=maf"]), "model:"),
+        (
+            lambda: load_config(get_product("deepfield").config_cls, None, ["channels_last=sideways"]),
+            "channels_last: must be one of auto, true, false",
+        ),
+    ],
+)
+def test_string_choices_are_validated_literals(build, message):
+    """Choice fields are typed ``Literal``: a bad value fails whether the config comes from YAML,
+    ``--set`` or Python, naming the field and the choices."""
+    from galray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_yaml_booleans_map_onto_true_false_choices():
+    cfg = load_config(get_product("deepfield").config_cls, None, ["channels_last=true"])
+    assert cfg.channels_last == "true"

@@ -103,7 +103,7 @@ class SurveyConfig:
     n_injections: int = 200_000
     n_deep: int = 100_000
     nside: int = 512
-    ordering: str = "RING"
+    ordering: str = "RING"  # RING or NESTED, any case
     seed: int = 0
     ra_range: tuple[float, float] = (0.0, 90.0)
     dec_range: tuple[float, float] = (-60.0, -30.0)

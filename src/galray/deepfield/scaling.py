@@ -26,12 +26,11 @@ sigmoid never has to saturate to reach the clipped extremes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from galray.config import require
-
-KINDS = ("asinh", "linear")
+from galray.config import check_choices, require
 
 
 @dataclass
@@ -43,14 +42,14 @@ class IntensityConfig:
     margin: distance kept from 0 and 1.
     """
 
-    kind: str = "asinh"
+    kind: Literal["asinh", "linear"] = "asinh"
     clip_low: float = 0.01
     clip_high: float = 99.99
     softening: float = 1.0
     margin: float = 0.001
 
     def __post_init__(self) -> None:
-        require(self.kind in KINDS, "kind", f"must be one of {KINDS}, got {self.kind!r}")
+        check_choices(self)
         require(
             0 <= self.clip_low < self.clip_high <= 100,
             "clip_low",

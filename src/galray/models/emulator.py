@@ -11,6 +11,7 @@ mean and shrink their variance, as the published emulator's extra MSE term did).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class NetConfig:
     width: int = 256
     depth: int = 3
     noise_dim: int = 8
-    activation: str = "leaky_relu"
+    activation: Literal["leaky_relu", "silu", "gelu"] = "leaky_relu"
     detection_width: int = 128
     detection_depth: int = 3
 

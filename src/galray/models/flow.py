@@ -26,6 +26,7 @@ direction, all of it batched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import zuko
@@ -60,7 +61,7 @@ class FlowConfig:
     width: int = 64
     depth: int = 2
     passes: int = 2
-    activation: str = "silu"
+    activation: Literal["relu", "silu", "elu", "gelu"] = "silu"
 
     def __post_init__(self) -> None:
         require(self.transforms >= 1, "flow.transforms", f"must be >= 1, got {self.transforms}")

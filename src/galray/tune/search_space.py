@@ -33,15 +33,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from galray.config import apply_overrides, from_dict, load_yaml, require, to_dict
+from galray.config import (
+    apply_overrides,
+    check_choices,
+    from_dict,
+    load_yaml,
+    require,
+    to_dict,
+)
 from galray.errors import ConfigError
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "lograndint")
 _FLOAT_ONLY = ("uniform", "loguniform")
 _INT_ONLY = ("randint", "lograndint")
-SCHEDULERS = ("asha", "fifo")
 SWEEP_KEYS = ("base", "train", "search", "tune")
 
 
@@ -60,10 +66,10 @@ class TuneSettings:
     """
 
     metric: str | None = None
-    mode: str = "min"
+    mode: Literal["min", "max"] = "min"
     num_samples: int = 8
     max_concurrent_trials: int = 2
-    scheduler: str = "asha"
+    scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1
     reduction_factor: float = 2.0
     trial_cpus: float = 0.1
@@ -72,17 +78,12 @@ class TuneSettings:
     storage_path: str = "galray-tune"
 
     def __post_init__(self) -> None:
-        require(self.mode in ("min", "max"), "mode", f"must be min or max, got {self.mode!r}")
+        check_choices(self)
         require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
         require(
             self.max_concurrent_trials >= 1,
             "max_concurrent_trials",
             f"must be >= 1, got {self.max_concurrent_trials}",
-        )
-        require(
-            self.scheduler in SCHEDULERS,
-            "scheduler",
-            f"must be one of {list(SCHEDULERS)}, got {self.scheduler!r}",
         )
         require(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
         require(
