@@ -68,7 +68,9 @@ def test_partial_tracking_section_keeps_the_products_defaults(product, experimen
         ),
         (lambda: load_config(get_product("emulator").config_cls, None, ["model=maf"]), "model:"),
         (
-            lambda: load_config(get_product("deepfield").config_cls, None, ["channels_last=sideways"]),
+            lambda: load_config(
+                get_product("deepfield").config_cls, None, ["channels_last=sideways"]
+            ),
             "channels_last: must be one of auto, true, false",
         ),
     ],

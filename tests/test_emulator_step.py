@@ -285,6 +285,7 @@ def test_emulator_sample_save_load(tmp_path):
     assert set(out) == {
         "detected",
         "p_detected",
+        "selected",
         *(f"obs_{k}_{b}" for k in ("flux", "mag") for b in "riz"),
     }
     assert np.isnan(out["obs_flux_r"][~out["detected"]]).all()

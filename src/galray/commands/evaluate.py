@@ -51,13 +51,19 @@ def _emulator(args: argparse.Namespace) -> int:
     data = Path(args.data)
     catalog_path = data / "injections" if (data / "injections").is_dir() else data
     maps = args.maps or data / "maps" / "conditions.parquet"
-    catalog = TrainingCatalog(catalog_path, maps, bands=emulator.bands, max_outside_fraction=1.0)
+    # the split the model was trained with, so its test rows are the ones it never saw
+    trained = emulator.info.get("config", {}).get("data", {})
+    split = {k: trained[k] for k in ("fractions", "salt") if trained.get(k) is not None}
+    catalog = TrainingCatalog(
+        catalog_path, maps, spec=emulator.spec, max_outside_fraction=1.0, **split
+    )
+    catalog.spec = emulator.spec
     init_ray()
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    split = None if args.split == "all" else args.split
-    report = evaluate_on_split(emulator, catalog, args.out, args.rows, split=split, seed=args.seed)
+    rows = None if args.split == "all" else args.split
+    report = evaluate_on_split(emulator, catalog, args.out, args.rows, split=rows, seed=args.seed)
     params = {"model": args.model, "data": str(data), "split": args.split, "rows": args.rows}
     keys = ("n_rows", "c2st_auc", "ks_max", "detection_max_abs_diff")
     return _finish(args, "evaluate-emulator", params, report, keys)

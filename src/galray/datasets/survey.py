@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -253,3 +253,30 @@ def load_spec(source: str | os.PathLike | None) -> SurveySpec:
         return SurveySpec.from_dict(load_yaml(preset), f"preset {text}")
     known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
     raise ConfigError(f"survey: {text!r} is neither a spec file nor a preset ({known})")
+
+
+def spec_for_catalog(
+    source: str | os.PathLike | None,
+    catalog: str | os.PathLike,
+    *,
+    use_size: bool | None = None,
+) -> SurveySpec:
+    """The spec of an injection catalog: ``source`` (preset or YAML) if given, else the
+    ``survey.json`` beside the catalog (in its directory or the survey directory above it),
+    else the ``riz`` preset.  ``use_size``: False drops ``true_size`` from the inputs; None
+    drops it when the catalog has no such column (a size-less catalog needs no option)."""
+    if source is not None:
+        spec = load_spec(source)
+    else:
+        catalog = Path(catalog)
+        found = [d for d in (catalog, catalog.parent) if (d / SPEC_FILE).is_file()]
+        spec = load_spec(found[0]) if found else SurveySpec()
+    if "true_size" not in spec.deep.morphology or use_size is True:
+        return spec
+    if use_size is None:
+        from galray.io import parquet_files, read_parquet_schema
+
+        if "true_size" in read_parquet_schema(parquet_files(catalog)[0]).names:
+            return spec
+    morphology = {k: v for k, v in spec.deep.morphology.items() if k != "true_size"}
+    return replace(spec, deep=replace(spec.deep, morphology=morphology))

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from galray.datasets import selection
+from galray.datasets.survey import SurveySpec
 from galray.emulator.features import EmulatorFeatures
 from galray.errors import DataError
 from galray.io import atomic_directory, read_bundle_meta, reading_bundle
@@ -78,7 +80,20 @@ class Emulator:
 
     @property
     def input_columns(self) -> list[str]:
-        return EmulatorFeatures.cond_columns(self.features.bands, self.features.use_size)
+        """The columns :meth:`sample` needs: the survey spec's truth, then its conditions."""
+        return self.features.spec.input_columns
+
+    @property
+    def spec(self) -> SurveySpec:
+        """The survey spec the emulator was trained on (its inputs, outputs, selection)."""
+        return self.features.spec
+
+    @property
+    def output_columns(self) -> list[str]:
+        """What :meth:`sample` returns: ``detected``, ``p_detected``, the spec's measured
+        columns and ``selected``."""
+        fluxes = [f"obs_{q}_{b}" for b in self.bands for q in ("flux", "mag")]
+        return ["detected", "p_detected", *fluxes, *self.spec.measured_columns, "selected"]
 
     def to(self, device: str | torch.device) -> Emulator:
         self.generator.to(device)
@@ -95,10 +110,13 @@ class Emulator:
     ) -> dict[str, np.ndarray]:
         """Emulate one measurement of each row.
 
-        rows: the columns of :attr:`input_columns` (true magnitudes AB, ``true_size`` arcsec,
-        ``psf_fwhm_b`` arcsec, ``depth_b`` AB).  Returns ``detected`` (bool), ``p_detected``, and
-        ``obs_flux_b`` / ``obs_mag_b`` (NaN where not detected; mag NaN where flux <= 0).
-        The same rows and seed give the same output.
+        rows: the columns of :attr:`input_columns` (for the r,i,z survey: true magnitudes AB,
+        ``true_size`` arcsec, ``psf_fwhm_b`` arcsec, ``depth_b`` AB).  Returns ``detected``
+        (bool), ``p_detected``, ``obs_flux_b`` / ``obs_mag_b`` (NaN where not detected; mag NaN
+        where flux <= 0), the spec's other measurements (NaN where not detected; flags 0) and
+        ``selected``, the spec's selection evaluated on ``rows`` and the emulated columns (a
+        selection naming a column neither holds raises DataError).  The same rows and seed
+        give the same output.
 
         Detection is drawn first and the generator runs on the detected rows only (a survey
         detects a fraction of its injections); every row still consumes its own noise, so a
@@ -122,11 +140,13 @@ class Emulator:
         )
         truth = {c: np.asarray(columns[c])[detected] for c in self.features.truth_columns}
         decoded = self.features.decode_target(y.cpu().numpy(), truth)
-        out = {}
+        out = {"detected": detected, "p_detected": p_det.cpu().numpy()}
         for name, values in decoded.items():
-            out[name] = np.full(n, np.nan, dtype=values.dtype)
+            fill = 0 if np.issubdtype(values.dtype, np.integer) else np.nan
+            out[name] = np.full(n, fill, dtype=values.dtype)
             out[name][detected] = values
-        return {"detected": detected, "p_detected": p_det.cpu().numpy(), **out}
+        out["selected"] = selection.select(self.spec.selection, {**columns, **out})
+        return out
 
     def _blocks(self, fn, n: int) -> torch.Tensor:
         """``fn(rows)`` over ``n`` rows in slices of :data:`NETWORK_BLOCK` rows, concatenated."""

@@ -27,9 +27,12 @@ class CatalogDataConfig:
     (``injections/`` Parquet shards and ``maps/conditions.parquet``); or give ``catalog`` and
     ``maps`` explicitly.  fractions: train/val/test split by id.  salt: the split's hash salt.
     max_outside_fraction: refuse a catalog with more rows outside the maps' footprint.
-    use_size: give the model the true half-light radius as an input.  max_val_rows: validation
-    rows scored each reported epoch.  simulate: if ``survey`` does not exist, write a synthetic
-    survey there first with these :class:`~galray.datasets.simulate.SurveyConfig` fields.
+    spec: the survey spec (:mod:`galray.datasets.survey`: a preset name such as ``des-y6`` or a
+    YAML file); default: the ``survey.json`` of the survey or catalog directory, else ``riz``.
+    use_size: give the model ``true_size`` as an input (default: when the catalog has it).
+    max_val_rows: validation rows scored each reported epoch.  simulate: if ``survey`` does not
+    exist, write a synthetic survey there first with these
+    :class:`~galray.datasets.simulate.SurveyConfig` fields.
     """
 
     survey: str | None = None
@@ -38,7 +41,8 @@ class CatalogDataConfig:
     fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     salt: int = 0
     max_outside_fraction: float = 0.01
-    use_size: bool = True
+    spec: str | None = None
+    use_size: bool | None = None
     max_val_rows: int = 20_000
     simulate: SurveyConfig | None = None
 

@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galray.config import require
-from galray.datasets import schema
 from galray.datasets.conditions import ConditionMap, read_condition_map
+from galray.datasets.survey import SurveySpec
 from galray.errors import DataError, OutputExistsError
 from galray.io import atomic_path, parquet_files, read_parquet, read_parquet_schema
 
@@ -53,7 +53,8 @@ class EmulateConfig:
     """One ``galray emulate`` run.
 
     model: emulator URI (``models:/NAME@ALIAS``, ``runs:/...`` or a bundle directory).
-    deep: deep-field catalog (Parquet file or directory: ``id``, ``true_mag_b``, ``true_size``).
+    deep: deep-field catalog (Parquet file or directory: ``id`` and the model's truth columns,
+    e.g. ``true_mag_b`` and ``true_size``).
     maps: condition-map table (or a directory holding ``conditions.parquet``).
     out: output directory of Parquet shards.  realizations: K placements of the deep catalog.
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
@@ -97,18 +98,19 @@ class Shard:
 # --------------------------------------------------------------------------- inputs
 
 
-def _deep_columns(bands) -> list[str]:
-    return ["id", *(schema.true_mag(b) for b in bands), "true_size"]
-
-
-def load_deep(path: str | Path, bands) -> dict[str, np.ndarray]:
-    """The deep catalog's columns the emulator needs; DataError naming the file and column."""
-    columns = _deep_columns(bands)
+def load_deep(path: str | Path, spec: SurveySpec) -> dict[str, np.ndarray]:
+    """The deep catalog's ``id`` and the truth columns the emulator needs (and the spec's
+    redshift column when every shard has it, carried into the output); DataError naming the
+    file and column."""
+    columns = ["id", *spec.truth_columns]
+    redshift = spec.deep.redshift
     for f in parquet_files(path):
         names = read_parquet_schema(f).names
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{f}: deep catalog lacks column(s) {missing} needed by the model")
+        redshift = redshift if redshift in names else None
+    columns += [redshift] if redshift else []
     table = read_parquet(path, columns)
     if table.num_rows == 0:
         raise DataError(f"{path}: deep catalog is empty")
@@ -147,13 +149,11 @@ def load_positions(path: str | Path, cmap: ConditionMap, n_deep: int) -> dict[st
 
 
 def check_model_against_maps(emulator, cmap: ConditionMap, maps: str) -> None:
-    """The maps must carry the model's bands, and its training nside/ordering if recorded."""
-    needed = schema.condition_columns(emulator.bands)
-    missing = [c for c in needed if c not in cmap.columns]
+    """The maps must carry the model's conditions, and its training nside/ordering if
+    recorded."""
+    missing = [c for c in emulator.spec.condition_columns if c not in cmap.columns]
     if missing:
-        raise DataError(
-            f"{maps}: condition map lacks {missing} for the model's bands {emulator.bands}"
-        )
+        raise DataError(f"{maps}: condition map lacks {missing} that the model's survey needs")
     trained = emulator.info.get("maps", {})
     for key, have in (("nside", cmap.nside), ("ordering", cmap.ordering)):
         want = trained.get(key)
@@ -203,18 +203,19 @@ def emulate_shard(
         "dec": dec,
         "pixel": pixel,
     }
-    for name in _deep_columns(emulator.bands)[1:]:
-        cols[name] = deep[name][deep_index].astype(np.float32)
+    for name in deep:
+        if name != "id":
+            cols[name] = deep[name][deep_index].astype(np.float32)
     values = cmap.values[map_row]
     for j, name in enumerate(cmap.columns):
-        if name in schema.condition_columns(emulator.bands):
+        if name in emulator.spec.condition_columns:
             cols[name] = values[:, j]
     noise_seeds = rng.integers(0, 2**62, -(-n // SAMPLE_BLOCK))
     parts = []
     for b, start in enumerate(range(0, n, SAMPLE_BLOCK)):
         block = {k: v[start : start + SAMPLE_BLOCK] for k, v in cols.items()}
         parts.append(emulator.sample(block, seed=int(noise_seeds[b])))
-    for name in ("detected", *(f"obs_{q}_{b}" for b in emulator.bands for q in ("flux", "mag"))):
+    for name in (*emulator.spec.output_columns, "selected"):
         cols[name] = np.concatenate([p[name] for p in parts])
     return pa.table(cols)
 
@@ -338,9 +339,9 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     model_path = _resolve_model(cfg.model)  # ModelNotFoundError before anything is written
     emulator = Emulator.load(model_path)
-    cmap = read_condition_map(cfg.maps, emulator.bands)
+    cmap = read_condition_map(cfg.maps, columns=emulator.spec.condition_columns)
     check_model_against_maps(emulator, cmap, cfg.maps)
-    deep = load_deep(cfg.deep, emulator.bands)
+    deep = load_deep(cfg.deep, emulator.spec)
     positions = load_positions(cfg.positions, cmap, len(deep["id"])) if cfg.positions else None
     n_rows = len(positions["ra"]) if positions is not None else len(deep["id"])
     identity = _identity(cfg, model_path, n_rows)

@@ -1,8 +1,15 @@
-"""How catalog columns become emulator tensors, and back.
+"""How catalog columns become emulator tensors, and back, for any survey spec
+(:class:`~galray.datasets.survey.SurveySpec`).
 
-Condition features (the generator's and the detection model's input), standardised:
-``true_mag_b`` (AB), ``log10 true_size`` (arcsec, if the model uses size), ``psf_fwhm_b`` (arcsec)
-and ``depth_b`` (AB) for every band.
+Condition features (the generator's and the detection model's input), standardised: the spec's
+truth columns (true magnitudes AB; morphology through its transform, e.g. ``log10 true_size``)
+and its condition columns (``psf_fwhm_b``, ``depth_b``, ... per band, then band-independent
+ones such as ``ebv``).
+
+Targets: first the flux of every wide band (below), then the spec's other measurements, each
+through its transform -- ``log10`` of the flux errors, the spec's transform of each continuous
+column -- and each flag column dequantised: its value's index among the values seen in training,
+plus uniform noise in [0, 1), decoded by flooring (so a continuous model emits integer flags).
 
 Targets, per band: ``δ_b = lupt(obs_flux_b) - true_mag_b``, where ``lupt`` is the asinh
 magnitude (Lupton, Gunn & Szalay 1999) with softening ``SOFTENING_MAG`` (~ the 1-sigma flux of a
@@ -34,10 +41,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
 from galray.datasets import schema
+from galray.datasets.survey import SurveySpec, legacy_spec
 from galray.errors import DataError
 
 SOFTENING_MAG = 26.5
@@ -55,6 +64,7 @@ _HIST_U_MAX = float(np.arcsinh(HIST_RANGE / HIST_SOFTENING))
 _HIST_U_EDGES = np.linspace(-_HIST_U_MAX, _HIST_U_MAX, HIST_BINS + 1)
 MIN_BIN_ROWS = 200
 MIN_SCALE = 1e-4  # mag
+MAX_FLAG = 1 << 16  # flag values must lie in [0, MAX_FLAG)
 
 
 def luptitude(flux: np.ndarray, softening_flux: float) -> np.ndarray:
@@ -94,33 +104,48 @@ class EmulatorFeatures:
     whiten_grid: list[float] | None = None
     whiten_loc: list[list[float]] | None = None
     whiten_scale: list[list[float]] | None = None
+    # the survey spec (a dict); None in emulators saved before specs, whose spec is the legacy
+    # one of ``bands`` and ``use_size``
+    survey: dict | None = None
+    # per flag column, the values seen in training (sorted)
+    flag_values: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
     def cond_columns(bands: Sequence[str], use_size: bool) -> list[str]:
-        cols = [schema.true_mag(b) for b in bands]
-        if use_size:
-            cols.append("true_size")
-        return cols + schema.condition_columns(bands)
+        """The input columns of the legacy spec of ``bands`` (and ``true_size``)."""
+        return legacy_spec(list(bands), use_size).input_columns
+
+    @cached_property
+    def spec(self) -> SurveySpec:
+        if self.survey is None:
+            return legacy_spec(list(self.bands), self.use_size)
+        return SurveySpec.from_dict(self.survey, "emulator features")
 
     @classmethod
     def fit(
         cls,
         columns: Mapping[str, np.ndarray],
-        bands: Sequence[str] = schema.BANDS,
+        bands: Sequence[str] | SurveySpec = schema.BANDS,
         use_size=True,
         whiten: bool = True,
         reduce: Callable[[np.ndarray], np.ndarray] = lambda x: x,
     ) -> EmulatorFeatures:
         """Standardisation (and whitening) fitted on training rows (targets on the detected
-        ones) from moments and histograms.  ``reduce`` sums those over data-parallel ranks (an
+        ones) from moments and histograms.  ``bands``: a :class:`SurveySpec`, or the bands of
+        the legacy spec (with ``use_size``).  ``reduce`` sums those over data-parallel ranks (an
         all-reduce), so every rank gets the same encoding whatever the split of rows."""
-        probe = cls(list(bands), use_size, [0.0], [1.0], [0.0], [1.0])
+        spec = bands if isinstance(bands, SurveySpec) else legacy_spec(list(bands), use_size)
+        probe = cls(
+            list(spec.bands), spec.uses_size, [0.0], [1.0], [0.0], [1.0], survey=spec.to_dict()
+        )
         det = np.asarray(columns["detected"], dtype=bool)
         if not reduce(np.array([float(det.sum())]))[0]:
             raise DataError(
                 "training data: no detected rows, so observed magnitudes cannot be learned"
             )
+        if spec.outputs.flags:
+            probe = probe.with_flags(reduce(probe.flag_histogram(columns, det)))
         cond_m = reduce(cls.moments(probe.raw_cond(columns)))
         if whiten:
             probe = probe.with_whitening(reduce(probe.target_histogram(columns, det)))
@@ -134,25 +159,33 @@ class EmulatorFeatures:
         """From summed moments ``[3, K]`` rows (count, sum, sum of squares) of the raw condition
         and target features -- what ranks add up with one ``all_reduce``."""
 
-        def mean_std(mom):
-            n = np.maximum(mom[0], 1.0)
-            mean = mom[1] / n
-            std = np.sqrt(np.maximum(mom[2] / n - mean**2, 0.0))
-            return mean.tolist(), np.maximum(std, 1e-6).tolist()
-
-        (cm, cs), (tm, ts) = mean_std(cond), mean_std(target)
+        (cm, cs), (tm, ts) = _mean_std(cond), _mean_std(target)
         return cls(list(bands), use_size, cm, cs, tm, ts)
 
     def with_moments(self, cond: np.ndarray, target: np.ndarray) -> EmulatorFeatures:
-        """A copy standardised by summed moments (:meth:`from_moments`), keeping the whitening;
-        ``target`` holds the moments of :meth:`whitened_target`."""
-        fitted = self.from_moments(self.bands, self.use_size, cond, target)
-        return replace(
-            fitted,
-            whiten_grid=self.whiten_grid,
-            whiten_loc=self.whiten_loc,
-            whiten_scale=self.whiten_scale,
-        )
+        """A copy standardised by summed moments (:meth:`from_moments`), keeping the spec, the
+        whitening and the flags; ``target`` holds the moments of :meth:`whitened_target`."""
+        (cm, cs), (tm, ts) = _mean_std(cond), _mean_std(target)
+        return replace(self, cond_mean=cm, cond_std=cs, target_mean=tm, target_std=ts)
+
+    # ------------------------------------------------------------------ flags
+    def flag_histogram(self, columns: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """``[F, MAX_FLAG]`` counts of each flag column's values on the selected rows."""
+        out = np.zeros((len(self.spec.outputs.flags), MAX_FLAG))
+        for j, name in enumerate(self.spec.outputs.flags):
+            values = np.asarray(columns[f"obs_{name}"])[np.asarray(rows, bool)]
+            if len(values) and (values.min() < 0 or values.max() >= MAX_FLAG):
+                raise DataError(f"training data: obs_{name} must lie in [0, {MAX_FLAG})")
+            out[j] = np.bincount(values.astype(np.int64), minlength=MAX_FLAG)
+        return out
+
+    def with_flags(self, histogram: np.ndarray) -> EmulatorFeatures:
+        """A copy that dequantises each flag by the values ``histogram`` saw."""
+        values = {
+            name: np.flatnonzero(histogram[j]).tolist() or [0]
+            for j, name in enumerate(self.spec.outputs.flags)
+        }
+        return replace(self, flag_values=values)
 
     # ------------------------------------------------------------------ whitening
     @property
@@ -165,8 +198,8 @@ class EmulatorFeatures:
         return np.stack(
             [
                 np.asarray(columns[schema.true_mag(b)], np.float64)[rows]
-                - np.asarray(columns[f"depth_{b}"], np.float64)[rows]
-                for b in self.bands
+                - np.asarray(columns[depth], np.float64)[rows]
+                for b, depth in zip(self.bands, self.spec.depth_columns)
             ],
             axis=1,
         )
@@ -227,13 +260,15 @@ class EmulatorFeatures:
 
     def whitened_target(self, columns: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
         """``[n_rows_selected, Y]`` float32: ``δ_b`` of the selected rows, whitened when this
-        encoding whitens (before standardisation)."""
+        encoding whitens, then the other measurements (before standardisation)."""
         rows = np.asarray(rows, dtype=bool)
         delta = self.raw_target(columns, rows)
-        if not self.whitened:
+        if self.whitened:
+            loc, scale = self._loc_scale(columns, rows)
+            delta = ((delta - loc) / scale).astype(np.float32)
+        if not self.spec.measured_columns:
             return delta
-        loc, scale = self._loc_scale(columns, rows)
-        return ((delta - loc) / scale).astype(np.float32)
+        return np.concatenate([delta, self.raw_measured(columns, rows)], axis=1)
 
     @staticmethod
     def moments(x: np.ndarray) -> np.ndarray:
@@ -244,38 +279,40 @@ class EmulatorFeatures:
     # ------------------------------------------------------------------ encoding
     @property
     def n_cond(self) -> int:
-        return len(self.cond_columns(self.bands, self.use_size))
+        return len(self.spec.input_columns)
 
     @property
     def n_target(self) -> int:
-        return len(self.bands)
+        return len(self.bands) + len(self.spec.measured_columns)
 
     @property
     def truth_columns(self) -> list[str]:
         """The columns :meth:`decode_target` reads: the true magnitude of each band (and its
         depth, when whitened)."""
         cols = [schema.true_mag(b) for b in self.bands]
-        return cols + ([f"depth_{b}" for b in self.bands] if self.whitened else [])
+        return cols + (self.spec.depth_columns if self.whitened else [])
 
     @property
     def softening_flux(self) -> float:
         return float(schema.mag_to_flux(self.softening_mag))
 
     def raw_cond(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        names = self.cond_columns(self.bands, self.use_size)
+        names = self.spec.input_columns
         missing = [c for c in names if c not in columns]
         if missing:
             raise DataError(f"emulator input: missing column(s) {missing}")
+        transforms = self.spec.deep.morphology
         out = np.empty((len(columns[names[0]]), len(names)), dtype=np.float32)
         for j, name in enumerate(names):
             col = np.asarray(columns[name], dtype=np.float64)
-            out[:, j] = np.log10(np.maximum(col, 1e-3)) if name == "true_size" else col
+            out[:, j] = _forward(transforms.get(name, "identity"), col)
         bad = ~np.isfinite(out).all(axis=0)
         if bad.any():
             raise DataError(f"emulator input: non-finite values in {np.array(names)[bad].tolist()}")
         return out
 
     def raw_target(self, columns: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """``[n_rows_selected, Y_flux]`` float32: ``δ_b`` of each band (the flux targets)."""
         b = self.softening_flux
         out = np.empty((int(rows.sum()), len(self.bands)), dtype=np.float32)
         for j, band in enumerate(self.bands):
@@ -283,6 +320,27 @@ class EmulatorFeatures:
             out[:, j] = luptitude(flux, b) - np.asarray(columns[schema.true_mag(band)])[rows]
         if not np.isfinite(out).all():
             raise DataError("training data: detected rows with non-finite obs_flux_*")
+        return out
+
+    def raw_measured(self, columns: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """``[n_rows_selected, Y - Y_flux]`` float32: the other measurements, transformed
+        (flags dequantised with noise from a generator seeded by the row count)."""
+        spec, rows = self.spec, np.asarray(rows, bool)
+        names = spec.measured_columns
+        out = np.empty((int(rows.sum()), len(names)), dtype=np.float32)
+        rng = np.random.default_rng(len(out))
+        for j, name in enumerate(names):
+            col = np.asarray(columns[name])[rows]
+            short = name.removeprefix("obs_")
+            if short in spec.outputs.flags:
+                index = np.searchsorted(self.flag_values[short], col.astype(np.int64))
+                out[:, j] = index + rng.random(len(col))
+            else:
+                transform = spec.outputs.continuous.get(short, "log")  # flux errors: log
+                out[:, j] = _forward(transform, col.astype(np.float64))
+        bad = ~np.isfinite(out).all(axis=0)
+        if bad.any():
+            raise DataError(f"training data: detected rows with non-finite {np.array(names)[bad]}")
         return out
 
     def encode_cond(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -300,7 +358,9 @@ class EmulatorFeatures:
     ) -> dict[str, np.ndarray]:
         """Standardised generator output [N, Y] -> ``obs_flux_b`` and ``obs_mag_b`` (float32)."""
         b = self.softening_flux
-        delta = y.astype(np.float64) * np.float64(self.target_std) + np.float64(self.target_mean)
+        raw = y.astype(np.float64) * np.float64(self.target_std) + np.float64(self.target_mean)
+        n_flux = len(self.bands)
+        delta = raw[:, :n_flux]
         if self.whitened:
             loc, scale = self._loc_scale(columns)
             delta = loc + scale * delta
@@ -310,6 +370,17 @@ class EmulatorFeatures:
             flux = luptitude_to_flux(mu, b)
             out[schema.obs_flux(band)] = flux.astype(np.float32)
             out[schema.obs_mag(band)] = schema.flux_to_mag(flux).astype(np.float32)
+        spec = self.spec
+        for j, name in enumerate(spec.measured_columns):
+            value = raw[:, n_flux + j]
+            short = name.removeprefix("obs_")
+            if short in spec.outputs.flags:
+                values = np.asarray(self.flag_values[short])
+                index = np.clip(np.floor(value), 0, len(values) - 1).astype(np.int64)
+                out[name] = values[index].astype(np.int32)
+            else:
+                transform = spec.outputs.continuous.get(short, "log")
+                out[name] = _inverse(transform, value).astype(np.float32)
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -319,3 +390,27 @@ class EmulatorFeatures:
     @classmethod
     def from_json(cls, text: str) -> EmulatorFeatures:
         return cls(**json.loads(text))
+
+
+def _mean_std(moments: np.ndarray) -> tuple[list[float], list[float]]:
+    n = np.maximum(moments[0], 1.0)
+    mean = moments[1] / n
+    std = np.sqrt(np.maximum(moments[2] / n - mean**2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-6).tolist()
+
+
+def _forward(transform: str, x: np.ndarray) -> np.ndarray:
+    """A column as the networks see it: ``log`` is log10 (of at least 1e-3), ``asinh`` asinh."""
+    if transform == "log":
+        return np.log10(np.maximum(x, 1e-3))
+    if transform == "asinh":
+        return np.arcsinh(x)
+    return x
+
+
+def _inverse(transform: str, y: np.ndarray) -> np.ndarray:
+    if transform == "log":
+        return 10.0**y
+    if transform == "asinh":
+        return np.sinh(y)
+    return y

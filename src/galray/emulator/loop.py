@@ -22,7 +22,7 @@ import torch.distributed as dist
 from scipy.stats import ks_2samp
 
 from galray.config import from_dict
-from galray.datasets import schema
+from galray.datasets.survey import SurveySpec
 from galray.emulator.config import EmulatorTrainConfig
 from galray.emulator.features import EmulatorFeatures
 from galray.emulator.step import (
@@ -41,9 +41,9 @@ CHECKPOINT_FEATURES = "features.json"
 # --------------------------------------------------------------------------- worker helpers
 
 
-def _columns_needed(bands, use_size: bool) -> list[str]:
-    cols = EmulatorFeatures.cond_columns(bands, use_size)
-    return cols + [schema.obs_flux(b) for b in bands] + ["detected"]
+def _columns_needed(spec: SurveySpec) -> list[str]:
+    """What a worker reads: the inputs (truth and conditions), the measurements, detection."""
+    return spec.input_columns + spec.flux_columns + spec.measured_columns + ["detected"]
 
 
 def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
@@ -55,12 +55,12 @@ def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
     return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
 
 
-def fit_features(columns, bands, use_size, device, whiten: bool = True) -> EmulatorFeatures:
+def fit_features(columns, spec: SurveySpec, device, whiten: bool = True) -> EmulatorFeatures:
     """Standardisation (and the targets' whitening, see :mod:`galray.emulator.features`) from moments and
     histograms summed over every rank, so every rank encodes rows identically and the result
     does not depend on how rows are split between ranks."""
     return EmulatorFeatures.fit(
-        columns, bands, use_size, whiten, reduce=lambda x: worker.all_reduce_np(x, device)
+        columns, spec, whiten=whiten, reduce=lambda x: worker.all_reduce_np(x, device)
     )
 
 
@@ -158,15 +158,15 @@ def train_loop(config: dict) -> None:
     import ray.train
 
     mlflow_info = config.pop("_mlflow", {})
+    spec = SurveySpec.from_dict(config.pop("_survey"), "the driver's survey spec")
     cfg = from_dict(EmulatorTrainConfig, config)
     ctx = worker.worker_context()
     rank, world, device = ctx.rank, ctx.world, ctx.device
-    bands = list(schema.BANDS)
-    needed = _columns_needed(bands, cfg.data.use_size)
+    needed = _columns_needed(spec)
 
     columns = materialize(ray.train.get_dataset_shard("train"), needed)
     worker.use_torch_threads(cfg.scaling)
-    features = fit_features(columns, bands, cfg.data.use_size, device, cfg.whiten_targets)
+    features = fit_features(columns, spec, device, cfg.whiten_targets)
     is_flow = cfg.model == "flow"
     steps = steps_per_group(cfg.optim, is_flow)
     per_group = steps * cfg.optim.batch_size

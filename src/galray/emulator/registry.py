@@ -43,9 +43,14 @@ def _signature(emulator: Emulator) -> ModelSignature:
     """Outputs and the ``seed`` param.  No input schema: MLflow would then refuse integer columns
     (int64 -> double may lose precision), and :meth:`Emulator.sample` checks its columns anyway;
     they are listed in the model's metadata instead."""
+    spec = emulator.spec
     outputs = [ColSpec("boolean", "detected"), ColSpec("float", "p_detected")]
     for band in emulator.bands:
         outputs += [ColSpec("float", schema.obs_flux(band)), ColSpec("float", schema.obs_mag(band))]
+    flags = {f"obs_{name}" for name in spec.outputs.flags}
+    for name in spec.measured_columns:
+        outputs.append(ColSpec("integer" if name in flags else "float", name))
+    outputs.append(ColSpec("boolean", "selected"))
     return ModelSignature(
         outputs=Schema(outputs), params=ParamSchema([ParamSpec("seed", "long", 0)])
     )
@@ -58,7 +63,11 @@ KIND = registry.BundleKind(
     load=Emulator.load,
     python_model=EmulatorPyfunc,
     signature=_signature,
-    metadata=lambda e: {"galray_input_columns": e.input_columns, "galray_bands": e.bands},
+    metadata=lambda e: {
+        "galray_input_columns": e.input_columns,
+        "galray_bands": e.bands,
+        "galray_survey": e.spec.to_dict(),
+    },
 )
 
 

@@ -19,7 +19,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from galray.datasets import schema
+from galray.datasets.survey import spec_for_catalog
 from galray.emulator import registry
 from galray.emulator.bundle import Emulator, build_generator
 from galray.emulator.config import EmulatorTrainConfig
@@ -55,16 +55,21 @@ def _absolute(path: str | None) -> str | None:
 
 
 def open_catalog(cfg: EmulatorTrainConfig):
-    """The :class:`~galray.datasets.reader.TrainingCatalog` that ``cfg.data`` names."""
+    """The :class:`~galray.datasets.reader.TrainingCatalog` that ``cfg.data`` names, read by
+    its survey spec (:func:`~galray.datasets.survey.spec_for_catalog`; ``catalog.spec``)."""
     from galray.datasets.reader import TrainingCatalog
 
-    return TrainingCatalog(
+    spec = spec_for_catalog(cfg.data.spec, cfg.data.catalog, use_size=cfg.data.use_size)
+    catalog = TrainingCatalog(
         cfg.data.catalog,
         cfg.data.maps,
+        spec=spec,
         fractions=cfg.data.fractions,
         salt=cfg.data.salt,
         max_outside_fraction=cfg.data.max_outside_fraction,
     )
+    catalog.spec = spec
+    return catalog
 
 
 def _log_data(catalog) -> None:
@@ -74,18 +79,12 @@ def _log_data(catalog) -> None:
     mlflow.log_params(
         {"data.n_rows": footprint.n_rows, "data.n_outside_footprint": footprint.n_outside}
     )
+    mlflow.log_dict(catalog.spec.to_dict(), "survey.json")
 
 
 def _provenance(cfg: EmulatorTrainConfig, catalog) -> dict:
     maps = {"nside": catalog.conditions.nside, "ordering": catalog.conditions.ordering}
     return {"data": cfg.data.catalog, "maps": maps}
-
-
-def _columns(cfg: EmulatorTrainConfig) -> list[str]:
-    cols = [schema.true_mag(b) for b in schema.BANDS]
-    if cfg.data.use_size:
-        cols.append("true_size")
-    return cols + [schema.obs_flux(b) for b in schema.BANDS] + ["detected"]
 
 
 def build_trainer(
@@ -103,10 +102,10 @@ def build_trainer(
     return torch_trainer(
         train_loop,
         cfg,
-        loop_extra={"_mlflow": mlflow_info},
+        loop_extra={"_mlflow": mlflow_info, "_survey": catalog.spec.to_dict()},
         datasets={
-            "train": catalog.dataset("train", _columns(cfg)),
-            "val": catalog.dataset("val", _columns(cfg)),
+            "train": catalog.dataset("train", catalog.spec.training_columns),
+            "val": catalog.dataset("val", catalog.spec.training_columns),
         },
         datasets_to_split=["train"],
         **run,
@@ -147,21 +146,21 @@ def evaluate_on_split(
     split: str | None = "test",
     seed: int = 0,
 ) -> dict:
-    """Emulate held-out rows of ``catalog`` and score them against the simulated measurements."""
+    """Emulate held-out rows of ``catalog`` and score them against its measurements (by the
+    emulator's survey spec: every output, the selection and, with a redshift, its n(z))."""
+    from galray.datasets import selection
     from galray.evaluation.emulator import fidelity_report
 
-    cols = [schema.true_mag(b) for b in emulator.bands] + ["true_size"]
-    cols += [schema.obs_mag(b) for b in emulator.bands] + [
-        schema.obs_flux(b) for b in emulator.bands
-    ]
-    cols += ["detected"] + (["p_detect"] if "p_detect" in catalog.columns else [])
+    spec = emulator.spec
+    extra = [spec.deep.redshift, "p_detect"]
+    cols = spec.truth_columns + [c for c in spec.output_columns if c in catalog.columns]
+    cols += [c for c in extra if c and c in catalog.columns]
     reference = catalog.dataset(split, cols).limit(max_rows).to_pandas()
+    reference["selected"] = selection.select(spec.selection, reference)
     emulated = reference.drop(columns=["p_detect"], errors="ignore")
     for name, values in emulator.sample(reference, seed=seed).items():
         emulated[name] = values
-    report = fidelity_report(
-        reference, emulated, Path(out_dir), bands=tuple(emulator.bands), seed=seed
-    )
+    report = fidelity_report(reference, emulated, Path(out_dir), spec=spec, seed=seed)
     (Path(out_dir) / "emulator.json").write_text(json.dumps(emulator.info, indent=2))
     return report
 
