@@ -168,6 +168,10 @@ SPEC = ProductSpec(
     absolute_paths=absolute_paths,
     load_data=load_training_field,
     log_data=_log_data,
+    describe_data=lambda field: (
+        f"data: {field.image.path}: {len(field.image.bands)} bands of "
+        f"{field.image.shape[0]}x{field.image.shape[1]} px"
+    ),
     provenance=lambda cfg, field: {"data": cfg.data.image},
     build_trainer=build_trainer,
     export=model_from_checkpoint,

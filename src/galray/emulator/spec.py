@@ -82,6 +82,15 @@ def _log_data(catalog) -> None:
     mlflow.log_dict(catalog.spec.to_dict(), "survey.json")
 
 
+def _describe(catalog) -> str:
+    fp = catalog.footprint
+    return (
+        f"data: {fp.n_rows:,} injections in {catalog.catalog} ({catalog.spec.name} survey); "
+        f"{fp.n_outside:,} ({fp.outside_fraction:.2%}) outside the footprint of {catalog.maps} "
+        "left out"
+    )
+
+
 def _provenance(cfg: EmulatorTrainConfig, catalog) -> dict:
     maps = {"nside": catalog.conditions.nside, "ordering": catalog.conditions.ordering}
     return {"data": cfg.data.catalog, "maps": maps}
@@ -176,6 +185,7 @@ SPEC = ProductSpec(
     absolute_paths=absolute_paths,
     load_data=open_catalog,
     log_data=_log_data,
+    describe_data=_describe,
     provenance=_provenance,
     build_trainer=build_trainer,
     export=emulator_from_checkpoint,

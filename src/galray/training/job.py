@@ -43,7 +43,8 @@ class ProductSpec:
     asks for, check inputs.  absolute_paths(cfg) -> cfg: the config with every path absolute
     (trials run in other directories, possibly other nodes).  load_data(cfg) -> data: the
     training data's handle.  log_data(data): MLflow params/artifacts describing the data (in
-    the active run).  provenance(cfg, data) -> dict: what the bundle records of its data.
+    the active run); describe_data(data): one line about it for the console (rows, rows
+    dropped).  provenance(cfg, data) -> dict: what the bundle records of its data.
     build_trainer(cfg, data, *, storage, name, mlflow_info, callbacks, keep_best) -> the
     ``TorchTrainer``.  export(checkpoint_dir, cfg, data, info) -> the bundle object (with
     ``save(path, overwrite=)``).  evaluate(cfg, model, data, out_dir) -> report dict or None.
@@ -59,6 +60,7 @@ class ProductSpec:
     absolute_paths: Callable[[TrainJobConfig], TrainJobConfig]
     load_data: Callable[[TrainJobConfig], Any]
     log_data: Callable[[Any], None]
+    describe_data: Callable[[Any], str]
     provenance: Callable[[TrainJobConfig, Any], dict]
     build_trainer: Callable[..., Any]
     export: Callable[..., Any]
@@ -103,6 +105,7 @@ def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainR
     t0 = time.perf_counter()
     cfg = spec.prepare(cfg, log)
     data = spec.load_data(cfg)  # bad input fails before Ray starts
+    log(spec.describe_data(data))
     init_ray()
     check_room_for_data(cfg.scaling, reads_data=spec.reads_data)  # before anything is logged
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
