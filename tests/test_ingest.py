@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
 from galray.cli import main
@@ -479,46 +478,3 @@ def test_existing_output_needs_overwrite(tmp_path):
     ingest_catalogs([src], tmp_path / "out", cmap, log=lambda *_: None)
     with pytest.raises(OutputExistsError):
         ingest_catalogs([src], tmp_path / "out", cmap, log=lambda *_: None)
-
-
-def _map_file(path: Path, nside: int = NSIDE, value: float = 1.0, partial: bool = False) -> str:
-    m = np.full(hp.nside2npix(nside), value, dtype=np.float32)
-    m[: m.size // 2] = hp.UNSEEN
-    hp.write_map(str(path), m, partial=partial, dtype=np.float32)
-    return str(path)
-
-
-def _ingest_maps(specs):
-    return lambda out: ingest_maps(specs, out, log=lambda *_: None)
-
-
-def test_maps_nside_mismatch_names_both_files(tmp_path):
-    specs = [_map_file(tmp_path / "a.fits"), _map_file(tmp_path / "b.fits", nside=64)]
-    _fails(tmp_path, _ingest_maps(specs), DataError, "a.fits", "b.fits", "32", "64")
-
-
-@pytest.mark.parametrize(("column", "value"), [("psf_fwhm_r", -1.0), ("depth_r", np.inf)])
-def test_bad_condition_values_name_file_and_column(tmp_path, column, value):
-    good = _map_file(tmp_path / "good.fits", partial=True)
-    bad = _map_file(tmp_path / "bad.fits", value=value)
-    specs = [f"depth_i={good}", f"{column}={bad}"]
-    _fails(tmp_path, _ingest_maps(specs), DataError, "bad.fits", f"'{column}'")
-
-
-def test_truncated_map_and_disjoint_footprints(tmp_path):
-    path = Path(_map_file(tmp_path / "t.fits"))
-    path.write_bytes(path.read_bytes()[:-5000])
-    _fails(tmp_path, _ingest_maps([str(path)]), DataError, "t.fits", "truncated")
-    m = np.full(hp.nside2npix(NSIDE), hp.UNSEEN, dtype=np.float32)
-    m[200:210] = 1.0  # healpy cannot write int8 PIXEL columns, so keep indices > 127
-    hp.write_map(str(tmp_path / "a.fits"), m, partial=True)
-    hp.write_map(str(tmp_path / "b.fits"), np.roll(m, 100), partial=True)
-    specs = [str(tmp_path / "a.fits"), str(tmp_path / "b.fits")]
-    _fails(tmp_path, _ingest_maps(specs), DataError, "a.fits", "b.fits", "share no pixel")
-
-
-def test_map_without_ordering_keyword(tmp_path):
-    path = Path(_map_file(tmp_path / "o.fits"))
-    with fits.open(path, mode="update") as hdul:
-        del hdul[1].header["ORDERING"]
-    _fails(tmp_path, _ingest_maps([str(path)]), DataError, "o.fits", "ORDERING")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import healpy as hp
 import numpy as np
 import pyarrow as pa
@@ -236,15 +238,86 @@ def test_footprint_counted_and_error_above_threshold(survey):
     assert str(survey["catalog"]) in message and str(survey["maps"]) in message
 
 
-@pytest.mark.parametrize(("nside", "ordering"), [(64, ORDERING), (NSIDE, "RING")])
-def test_healpix_mismatch_names_both_files(survey, tmp_path, nside, ordering):
-    catalog = write_catalog(
-        tmp_path / "cat", survey["table"], shards=1, nside=nside, ordering=ordering
-    )
-    with pytest.raises(DataError, match="does not match") as info:
+def healpy_conditions(full: dict, table: pa.Table, nside: int, ordering: str) -> dict:
+    """Conditions of every catalog row straight from healpy and the original NESTED maps: the
+    map's pixel at (ra, dec) when the catalog's grid is as fine or finer (a child pixel has its
+    parent's value), else ``ud_grade`` of the UNSEEN-filled map read at the row's pixel."""
+    ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
+    if nside >= NSIDE:
+        pixel = hp.ang2pix(NSIDE, ra, dec, lonlat=True, nest=True)
+        return {name: sky[pixel] for name, sky in full.items()}
+    pixel = table.column("pixel").to_numpy()
+    out = {}
+    for name, sky in full.items():
+        filled = np.where(np.isnan(sky), hp.UNSEEN, sky).astype(np.float32)
+        graded = hp.ud_grade(filled, nside, order_in="NESTED", order_out=ordering)
+        out[name] = np.where(hp.mask_bad(graded), np.nan, graded)[pixel]
+    return out
+
+
+GRIDS = [(NSIDE, "RING"), (4 * NSIDE, ORDERING), (4 * NSIDE, "RING"), (NSIDE // 4, "RING")]
+
+
+@pytest.mark.parametrize(("nside", "ordering"), GRIDS, ids=str)
+def test_catalog_on_another_grid_gets_the_maps_converted(survey, tmp_path, caplog, nside, ordering):
+    table = catalog_rows(N_ROWS // 4, seed=11, nside=nside, ordering=ordering)
+    catalog = write_catalog(tmp_path / "cat", table, shards=2, nside=nside, ordering=ordering)
+    with caplog.at_level(logging.WARNING, logger="galray.datasets.reader"):
+        training = TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE)
+    (warning,) = [r.getMessage() for r in caplog.records if "differs" in r.getMessage()]
+    assert str(catalog) in warning and str(survey["maps"]) in warning
+    assert f"nside={nside}, ordering={ordering}" in warning
+    assert f"nside={NSIDE}, ordering={ORDERING}" in warning
+    assert (training.conditions.nside, training.conditions.ordering) == (nside, ordering)
+    values, inside = training.conditions.lookup(table.column("pixel").to_numpy())
+    expect = healpy_conditions(survey["full"], table, nside, ordering)
+    defined = np.isfinite(expect[schema.condition("psf_fwhm", "r")])
+    np.testing.assert_array_equal(inside, defined)
+    assert 0 < training.footprint.n_outside == np.count_nonzero(~defined)
+    for j, name in enumerate(training.conditions.columns):
+        np.testing.assert_array_equal(values[inside, j], expect[name][inside], err_msg=name)
+
+
+def test_converted_maps_join_in_ray(ray_session, survey, tmp_path):
+    nside, ordering = 4 * NSIDE, "RING"
+    table = catalog_rows(N_ROWS // 4, seed=12, nside=nside, ordering=ordering)
+    catalog = write_catalog(tmp_path / "cat", table, shards=2, nside=nside, ordering=ordering)
+    training = TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE)
+    got = to_numpy(training.dataset(None, ["id"]), ["id", *training.condition_columns])
+    expect = healpy_conditions(survey["full"], table, nside, ordering)
+    ids = table.column("id").to_numpy()
+    keep = np.isfinite(expect["depth_r"])
+    order = np.argsort(ids[keep])
+    np.testing.assert_array_equal(got["id"], ids[keep][order])
+    for name in training.condition_columns:
+        np.testing.assert_array_equal(got[name], expect[name][keep][order], err_msg=name)
+
+
+def test_shards_on_different_grids_name_both(survey, tmp_path):
+    catalog = write_catalog(tmp_path / "cat", survey["table"], shards=2)
+    other = tmp_path / "cat" / "part-00001.parquet"
+    meta = schema.healpix_metadata(NSIDE, "RING", kind="injections")
+    write_parquet(pq.read_table(other).replace_schema_metadata(meta), other)
+    with pytest.raises(DataError, match="every shard needs one grid") as info:
         TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE)
-    assert str(catalog / "part-00000.parquet") in str(info.value)
-    assert str(survey["maps"]) in str(info.value)
+    assert str(other) in str(info.value) and "part-00000.parquet" in str(info.value)
+
+
+def test_rows_off_the_footprint_are_a_warning(survey, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="galray.datasets.reader"):
+        training = TrainingCatalog(survey["catalog"], survey["maps"], max_outside_fraction=LOOSE)
+    report = training.footprint
+    (record,) = [r for r in caplog.records if "outside the footprint" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    percent = f"{100 * report.outside_fraction:.3f}%"
+    assert f"dropping {report.n_outside} of {N_ROWS}" in record.getMessage()
+    assert percent in record.getMessage()
+    caplog.clear()
+    inside = write_catalog(tmp_path / "in", catalog_rows(2000, seed=4, radius=15.0), shards=1)
+    with caplog.at_level(logging.INFO, logger="galray.datasets.reader"):
+        TrainingCatalog(inside, survey["maps"], max_outside_fraction=0.0)
+    (record,) = [r for r in caplog.records if "outside the footprint" in r.getMessage()]
+    assert record.levelno == logging.INFO and "dropping 0 of 2000" in record.getMessage()
 
 
 def test_missing_healpix_metadata_names_file(survey, tmp_path):

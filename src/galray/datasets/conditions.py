@@ -1,14 +1,16 @@
 """Condition maps held in memory: footprint pixels -> observing conditions, looked up by pixel.
 
 The condition-map table (see :mod:`galray.datasets.schema`) holds one row per footprint pixel,
-sorted by ``pixel``, with ``psf_fwhm_b`` (arcsec) and ``depth_b`` (10-sigma AB magnitude) per band,
-and records HEALPix ``nside`` and ``ordering`` in its Parquet metadata.  :class:`ConditionMap`
-keeps the sorted pixel array and a ``[n_pixels, k]`` float32 value array and joins galaxies to
-conditions with one vectorised :func:`numpy.searchsorted` per batch (O(log n_pixels) per galaxy,
-no full-sky array, so it scales to any nside).  Up to nside 1024 it also keeps a dense full-sky
-``pixel -> row`` index (int32, at most 48 MiB), which answers the same question with one gather:
-random-order binary search is cache-bound (~0.2 us per galaxy at nside 512), the gather ~10x
-faster, and both give identical results.
+sorted by ``pixel``, with ``psf_fwhm_b`` (arcsec) and ``depth_b`` (10-sigma AB magnitude) per band
+-- or whatever condition columns a survey spec names, per band (``<q>_<b>``) or band-independent
+(``ebv``) -- and records HEALPix ``nside`` and ``ordering`` in its Parquet metadata.
+:class:`ConditionMap` keeps the sorted pixel array and a ``[n_pixels, k]`` float32 value array and
+joins galaxies to conditions with one vectorised :func:`numpy.searchsorted` per batch
+(O(log n_pixels) per galaxy, no full-sky array, so it scales to any nside).  Up to nside 1024 it
+also keeps a dense full-sky ``pixel -> row`` index (int32, at most 48 MiB), which answers the same
+question with one gather: random-order binary search is cache-bound (~0.2 us per galaxy at nside
+512), the gather ~10x faster, and both give identical results.  :meth:`ConditionMap.regrid` moves
+the maps onto another HEALPix grid (another ordering or nside).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import numpy as np
 import pyarrow as pa
 
 from galray.datasets import schema
-from galray.errors import DataError
+from galray.errors import ConfigError, DataError
 from galray.io import read_parquet, read_parquet_schema
 
 # Full-sky pixel -> row index kept up to this many sky pixels (nside 1024: 12.6M, 48 MiB).
 DENSE_INDEX_MAX_PIXELS = 12 * 1024**2
+
+CONDITIONS_FILE = "conditions.parquet"
 
 # healpy's UNSEEN is -1.6375e30; anything this negative is a sentinel, not a condition.
 _UNSEEN_BELOW = -1e30
@@ -38,7 +42,7 @@ class ConditionMap:
 
     pixels: int64 ``[n_pixels]``, strictly increasing HEALPix pixel indices in ``ordering``.
     values: float32 ``[n_pixels, k]`` (column-major, so each column is contiguous), one column
-        per name in ``columns``: ``psf_fwhm_b`` in arcsec, ``depth_b`` in AB magnitudes.
+        per name in ``columns`` (e.g. ``psf_fwhm_b`` in arcsec, ``depth_b`` in AB magnitudes).
     nside, ordering: HEALPix resolution and ``"RING"`` / ``"NESTED"``.
     source: the file it was read from, named in errors.
     dense_index: int32 ``[12 nside^2]``, the row of every sky pixel or -1 off the footprint;
@@ -109,20 +113,50 @@ class ConditionMap:
         """One condition column over the footprint pixels (a view)."""
         return self.values[:, self.columns.index(name)]
 
+    def regrid(self, nside: int, ordering: str) -> ConditionMap:
+        """The same conditions on another HEALPix grid (see :func:`galray.datasets.regrid.regrid`:
+        pixel indices converted for another ordering, healpy ``ud_grade`` for another nside --
+        to a finer grid every child pixel inherits its parent's value), keeping the pixels where
+        every column is defined.  ``source`` still names the file read."""
+        if (nside, ordering) == (self.nside, self.ordering):
+            return self
+        from galray.datasets.regrid import regrid
+
+        grid_in, grid_out = (self.nside, self.ordering), (nside, ordering)
+        pixels, values = regrid(self.pixels, self.values, grid_in, grid_out, self.source)
+        values = np.asfortranarray(values, dtype=np.float32)
+        return ConditionMap(pixels, values, self.columns, nside, ordering, self.source)
+
 
 def read_condition_map(
-    path: str | os.PathLike, bands: Sequence[str] = schema.BANDS
+    path: str | os.PathLike,
+    bands: Sequence[str] = schema.BANDS,
+    *,
+    columns: Sequence[str] | None = None,
 ) -> ConditionMap:
-    """Load and validate a condition-map Parquet table written by ingest or the simulator.
+    """Load and validate a condition-map Parquet table written by ingest or the simulator (or
+    the ``conditions.parquet`` of a directory).
 
-    Checks: HEALPix nside/ordering in the metadata; ``pixel`` and ``condition_columns(bands)``
-    present; pixels non-null, strictly increasing (sorted and unique) and in ``[0, 12 nside^2)``;
-    every condition value finite; ``psf_fwhm_b`` positive.  Failures raise
-    :class:`~galray.errors.DataError` naming the file and the column.
+    columns: the condition columns to load, in this order (a survey spec's
+        ``condition_columns``: per-band ``<q>_<b>`` and band-independent ones such as ``ebv``);
+        None: ``psf_fwhm_b`` and ``depth_b`` for every band in ``bands``.
+    Checks: HEALPix nside/ordering in the metadata; ``pixel`` and every column present (a
+    DataError names the file and all the missing columns); pixels non-null, strictly increasing
+    (sorted and unique) and in ``[0, 12 nside^2)``; every condition value finite; ``psf_fwhm_*``
+    positive.  Failures raise :class:`~galray.errors.DataError` naming the file and the column.
     """
     path = Path(path)
-    nside, ordering = schema.read_healpix_metadata(read_parquet_schema(path), str(path))
-    columns = schema.condition_columns(bands)
+    if path.is_dir():
+        path = path / CONDITIONS_FILE
+    file_schema = read_parquet_schema(path)
+    nside, ordering = schema.read_healpix_metadata(file_schema, str(path))
+    columns = list(schema.condition_columns(bands) if columns is None else columns)
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"columns: {repeated} given more than once")
+    missing = [c for c in ["pixel", *columns] if c not in file_schema.names]
+    if missing:
+        raise DataError(f"{path}: no condition column(s) {missing}; it has {file_schema.names}")
     table = read_parquet(path, columns=["pixel", *columns])
     pixels = _pixel_array(table, path, nside)
     values = np.empty((pixels.size, len(columns)), dtype=np.float32, order="F")

@@ -1,41 +1,41 @@
-"""What ingest reads: the YAML column map, and survey source files (FITS, HDF5, Parquet).
+"""What ingest reads: the YAML column map, checked against a survey's column contract.
 
-The pipelines live in :mod:`galray.datasets.ingest_catalog` (``galray ingest catalog``) and
-:mod:`galray.datasets.ingest_maps` (``galray ingest maps``).
+The pipelines live in :mod:`galray.datasets.ingest_catalog` (``galray ingest catalog`` and
+``galray ingest deep``) and :mod:`galray.datasets.ingest_maps` (``galray ingest maps``); the source
+readers (FITS, HDF5, Parquet) in :mod:`galray.datasets.ingest_sources`.
 
-A *column map* says which source column makes each output catalog column and how it is converted
-(:func:`load_column_map`; format in ``configs/columns/des_y3_example.yaml``).  Source readers yield
-chunks of native-byte-order masked arrays, one per requested column, so memory stays bounded by
-the chunk size; masked entries are FITS ``TNULL`` values and Parquet nulls.  Every reader error is
-a :class:`~galray.errors.DataError` naming the file and the column.
+A *column map* says which source column makes each output column and how it is converted
+(:func:`load_column_map`; format in ``configs/columns/des_y3_example.yaml`` and
+``des_y6_example.yaml``).  Which output columns exist, and their types, is the :class:`Contract` of
+a :class:`~galray.datasets.survey.SurveySpec` (default: the ``riz`` preset, the catalog contract of
+:mod:`galray.datasets.schema`): ``id``, ``deep_id``, ``ra``, ``dec``, the true magnitudes
+``true_mag_<b>`` of the spec's deep bands, its morphology and redshift columns, the measured
+``obs_flux_<b>``, ``obs_flux_err_<b>`` and ``obs_mag_<b>`` of its wide bands, its other outputs
+``obs_<name>`` (float32; flags int32) and ``detected``.  Any other column is an extra column and
+needs a ``dtype``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
-import h5py
 import healpy as hp
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from astropy.io import fits
 
 from galray.config import load_yaml, require
 from galray.datasets import schema
-from galray.errors import ConfigError, DataError
-from galray.io import parquet_files
+from galray.datasets.survey import SurveySpec
+from galray.errors import ConfigError
 
 CONVERSIONS = ("flux_to_mag", "mag", "flux", "bool")
 DEFAULT_SENTINELS: tuple[float, ...] = (99.0, -99.0, -9999.0, 9999.0)
 REQUIRED_COLUMNS = ("id", "ra", "dec")
+DEEP_REQUIRED_COLUMNS = ("id",)
+KINDS = ("catalog", "deep")
 EXTRA_DTYPES: dict[str, pa.DataType] = {
     "float32": pa.float32(),
     "float64": pa.float64(),
@@ -43,23 +43,114 @@ EXTRA_DTYPES: dict[str, pa.DataType] = {
     "int64": pa.int64(),
     "bool": pa.bool_(),
 }
-# Band-resolved catalog columns: prefix -> the conversions that make sense for it.
-_BAND_PREFIXES = {
-    "true_mag": (None, "mag", "flux_to_mag"),
-    "obs_mag": (None, "mag", "flux_to_mag"),
-    "obs_flux": (None, "flux"),
-}
-_FORMATS = {
-    ".fits": "fits",
-    ".fit": "fits",
-    ".fts": "fits",
-    ".fits.gz": "fits",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".hdf": "hdf5",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
+_MAG_CONVERSIONS = (None, "mag", "flux_to_mag")
+_FLUX_CONVERSIONS = (None, "flux")
+
+
+# --------------------------------------------------------------------------------------------
+# The contract
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The columns an ingested table may hold, and their Arrow types, for a survey ``spec``.
+
+    kind: ``"catalog"`` (an injection catalog: positions, truth, measurements) or ``"deep"`` (a
+    deep-field catalog: ``id``, truth and redshift, optionally ``ra``/``dec``).
+    """
+
+    spec: SurveySpec = field(default_factory=SurveySpec)
+    kind: str = "catalog"
+
+    def __post_init__(self) -> None:
+        require(self.kind in KINDS, "kind", f"must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Columns every row needs (rows without a valid value are dropped)."""
+        return REQUIRED_COLUMNS if self.kind == "catalog" else DEEP_REQUIRED_COLUMNS
+
+    @cached_property
+    def band_prefixes(self) -> dict[str, tuple[list[str], tuple[str | None, ...]]]:
+        """Band-resolved columns: prefix -> (its valid bands, the conversions that fit it)."""
+        out = {"true_mag": (list(self.spec.deep.bands), _MAG_CONVERSIONS)}
+        if self.kind == "catalog":
+            wide = list(self.spec.bands)
+            out["obs_mag"] = (wide, _MAG_CONVERSIONS)
+            out["obs_flux"] = (wide, _FLUX_CONVERSIONS)
+            out["obs_flux_err"] = (wide, _FLUX_CONVERSIONS)
+        return out
+
+    @cached_property
+    def types(self) -> dict[str, pa.DataType]:
+        """Every contract column, in output order, with its Arrow type."""
+        spec, f32, catalog = self.spec, pa.float32(), self.kind == "catalog"
+        types: dict[str, pa.DataType] = {"id": pa.int64()}
+        if catalog:
+            types["deep_id"] = pa.int64()
+        types |= {"ra": pa.float64(), "dec": pa.float64()}
+        if catalog:
+            types["pixel"] = pa.int64()
+        types |= {schema.true_mag(b): f32 for b in spec.deep.bands}
+        types |= dict.fromkeys(spec.deep.morphology, f32)
+        if spec.deep.redshift:
+            types[spec.deep.redshift] = f32
+        if catalog:
+            types |= {schema.obs_flux(b): f32 for b in spec.bands}
+            types |= {f"obs_flux_err_{b}": f32 for b in spec.bands}
+            types |= {schema.obs_mag(b): f32 for b in spec.bands}
+            types |= {f"obs_{name}": f32 for name in spec.outputs.continuous}
+            types |= {f"obs_{name}": pa.int32() for name in spec.outputs.flags}
+            types["detected"] = pa.bool_()
+        return types
+
+    @property
+    def truth_columns(self) -> list[str]:
+        """The deep-field columns an injection inherits from its deep galaxy."""
+        extra = [self.spec.deep.redshift] if self.spec.deep.redshift else []
+        return self.spec.truth_columns + extra
+
+    def band(self, name: str) -> str | None:
+        prefix, _, band = name.rpartition("_")
+        return band if prefix in self.band_prefixes else None
+
+    def column_type(
+        self, name: str, convert: str | None, dtype: str | None, where: str
+    ) -> pa.DataType:
+        """The Arrow type of output column ``name``; ConfigError naming ``where`` if the name,
+        its conversion or its dtype do not fit the contract."""
+        prefix, _, band = name.rpartition("_")
+        if prefix in self.band_prefixes:
+            bands, conversions = self.band_prefixes[prefix]
+            require(
+                band in bands,
+                where,
+                f"unknown band {band!r} (valid bands of survey {self.spec.name}: "
+                f"{', '.join(bands)}; pass --survey for others)",
+            )
+            require(
+                convert in conversions,
+                f"{where}.convert",
+                f"{convert!r} does not fit a {prefix} column "
+                f"(use one of {[c for c in conversions if c]} or none)",
+            )
+        what = "catalog" if self.kind == "catalog" else "deep-catalog"
+        if name in self.types:
+            fixed = self.types[name]
+            require(
+                dtype is None or EXTRA_DTYPES.get(dtype) == fixed,
+                f"{where}.dtype",
+                f"fixed by the {what} contract ({fixed}); remove it",
+            )
+            return fixed
+        require(
+            dtype in EXTRA_DTYPES,
+            f"{where}.dtype" if dtype is not None else where,
+            f"not a {what} column of survey {self.spec.name} (known: {', '.join(self.types)}); "
+            f"to keep it as an extra column give dtype: one of {', '.join(EXTRA_DTYPES)}",
+        )
+        return EXTRA_DTYPES[dtype]
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,23 +162,23 @@ _FORMATS = {
 class ColumnSpec:
     """How one output column is made from one source column.
 
-    name: output column (a catalog-contract column such as ``true_mag_r``, or an extra column
-        that then needs ``dtype``).
+    name: output column (a contract column such as ``true_mag_r``, or an extra column that then
+        needs ``dtype``).
     source: source column -- a FITS or Parquet column name, or an HDF5 dataset path such as
         ``unsheared/flux_r`` (a field of a compound dataset is addressed as ``table/field``).
         YAML key ``from``.
+    arrow_type: the output type (the contract's, or the extra column's ``dtype``).
     convert: ``None`` (cast only), ``"flux_to_mag"`` (flux at zeropoint 30 -> AB mag, NaN for
         flux <= 0), ``"mag"`` / ``"flux"`` (identity; states the unit), ``"bool"`` (non-zero ->
         True).
     sentinels: source values meaning "missing"; ``None`` means the column map's global list.
-    dtype: output type of an extra column (one of :data:`EXTRA_DTYPES`).
     """
 
     name: str
     source: str
+    arrow_type: pa.DataType
     convert: str | None = None
     sentinels: tuple[float, ...] | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         where = f"columns.{self.name}"
@@ -97,7 +188,6 @@ class ColumnSpec:
             f"{where}.convert",
             f"unknown conversion {self.convert!r} (known: {', '.join(CONVERSIONS)})",
         )
-        self._check_name(where)
         out = self.arrow_type
         if self.convert == "bool" or pa.types.is_boolean(out):
             require(
@@ -112,67 +202,41 @@ class ColumnSpec:
                 f"{self.convert} needs a float column",
             )
 
-    def _check_name(self, where: str) -> None:
-        prefix, _, band = self.name.rpartition("_")
-        if prefix in _BAND_PREFIXES:
-            require(
-                band in schema.BANDS,
-                where,
-                f"unknown band {band!r} (valid bands: {', '.join(schema.BANDS)})",
-            )
-            require(
-                self.convert in _BAND_PREFIXES[prefix],
-                f"{where}.convert",
-                f"{self.convert!r} does not fit a {prefix} column "
-                f"(use one of {[c for c in _BAND_PREFIXES[prefix] if c]} or none)",
-            )
-        if self.name in schema.INJECTION_FIELDS:
-            require(
-                self.dtype is None, f"{where}.dtype", "fixed by the catalog contract; remove it"
-            )
-        else:
-            require(
-                self.dtype in EXTRA_DTYPES,
-                f"{where}.dtype" if self.dtype is not None else where,
-                f"not a catalog column (known: {', '.join(schema.INJECTION_FIELDS)}); to keep it "
-                f"as an extra column give dtype: one of {', '.join(EXTRA_DTYPES)}",
-            )
-
-    @property
-    def arrow_type(self) -> pa.DataType:
-        if self.name in schema.INJECTION_FIELDS:
-            return schema.INJECTION_FIELDS[self.name]
-        return EXTRA_DTYPES[self.dtype]
-
-    @property
-    def band(self) -> str | None:
-        prefix, _, band = self.name.rpartition("_")
-        return band if prefix in _BAND_PREFIXES else None
-
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Which source columns make the output catalog, and the HEALPix grid of its ``pixel``.
+    """Which source columns make the output table, and the HEALPix grid of its ``pixel``.
 
     sentinels: source values meaning "missing" in every float column except ``ra``/``dec``
         (those are range-checked instead); integer and bool columns use only the sentinels given
         on the column itself.
-    nside, ordering: HEALPix grid of ``pixel`` (command-line values take precedence).
+    nside, ordering: HEALPix grid of ``pixel`` (command-line values take precedence; a deep
+        catalog has no ``pixel``).
+    contract: the survey's column contract the names were checked against.
     """
 
     columns: tuple[ColumnSpec, ...]
     sentinels: tuple[float, ...] = DEFAULT_SENTINELS
     nside: int | None = None
     ordering: str = "RING"
+    contract: Contract = field(default_factory=Contract)
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
-        for name in REQUIRED_COLUMNS:
+        for name in self.contract.required:
             require(name in names, f"columns.{name}", "required (map it from a source column)")
         require(len(set(names)) == len(names), "columns", "an output column is mapped twice")
         if self.nside is not None:
             check_nside(self.nside, "nside")
         require(self.ordering in schema.ORDERINGS, "ordering", f"must be one of {schema.ORDERINGS}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def spec(self) -> SurveySpec:
+        return self.contract.spec
 
     def sentinels_for(self, spec: ColumnSpec) -> tuple[float, ...]:
         if spec.sentinels is not None:
@@ -183,17 +247,38 @@ class ColumnMap:
 
     @property
     def bands(self) -> list[str]:
-        used = {c.band for c in self.columns}
-        return [b for b in schema.BANDS if b in used] or list(schema.BANDS)
+        """The bands of the band-resolved columns mapped (the spec's order), else the spec's."""
+        used = {self.contract.band(c.name) for c in self.columns}
+        order = list(dict.fromkeys([*self.spec.bands, *self.spec.deep.bands]))
+        return [b for b in order if b in used] or list(self.spec.bands)
 
-    def output_schema(self, nside: int, ordering: str, extra: dict | None = None) -> pa.Schema:
-        """Contract columns in contract order (``pixel`` after ``dec``), then extra columns."""
-        types = {c.name: c.arrow_type for c in self.columns} | {"pixel": pa.int64()}
-        order = [n for n in schema.INJECTION_FIELDS if n in types]
-        order += [c.name for c in self.columns if c.name not in schema.INJECTION_FIELDS]
-        meta = schema.healpix_metadata(
-            nside, ordering, kind="catalog", bands=self.bands, extra=extra
-        )
+    def output_schema(
+        self,
+        nside: int | None,
+        ordering: str | None,
+        extra: dict | None = None,
+        joined: dict[str, pa.DataType] | None = None,
+    ) -> pa.Schema:
+        """Contract columns in contract order (``pixel`` after ``dec``; ``joined`` deep-catalog
+        columns in their places), then extra columns.  A catalog records its HEALPix grid in the
+        metadata, a deep catalog (``nside`` None) only its kind, bands and ``extra``."""
+        types = {c.name: c.arrow_type for c in self.columns} | dict(joined or {})
+        if nside is not None:
+            types["pixel"] = pa.int64()
+        contract = self.contract.types
+        order = [n for n in contract if n in types]
+        order += [n for n in types if n not in contract]
+        if nside is not None:
+            meta = schema.healpix_metadata(
+                nside, ordering or "RING", kind=self.contract.kind, bands=self.bands, extra=extra
+            )
+        else:
+            meta = {
+                schema.META_KIND: self.contract.kind.encode(),
+                schema.META_BANDS: json.dumps(self.bands).encode(),
+            }
+            for k, v in (extra or {}).items():
+                meta[f"galray.{k}".encode()] = json.dumps(v).encode()
         return pa.schema([pa.field(n, types[n]) for n in order], metadata=meta)
 
 
@@ -217,7 +302,7 @@ def _check_known(data: dict, known: tuple[str, ...], prefix: str) -> None:
         require(key in known, f"{prefix}{key}", f"unknown field (known: {', '.join(known)})")
 
 
-def _parse_column(name: Any, raw: Any) -> ColumnSpec:
+def _parse_column(name: Any, raw: Any, contract: Contract) -> ColumnSpec:
     where = f"columns.{name}"
     if isinstance(raw, str):
         raw = {"from": raw}
@@ -233,15 +318,26 @@ def _parse_column(name: Any, raw: Any) -> ColumnSpec:
     convert, dtype = raw.get("convert"), raw.get("dtype")
     require(convert is None or isinstance(convert, str), f"{where}.convert", "expected a name")
     require(dtype is None or isinstance(dtype, str), f"{where}.dtype", "expected a type name")
-    return ColumnSpec(str(name), source, convert, sentinels, dtype)
+    require(
+        convert is None or convert in CONVERSIONS,
+        f"{where}.convert",
+        f"unknown conversion {convert!r} (known: {', '.join(CONVERSIONS)})",
+    )
+    require(str(name) != "pixel", where, "pixel is computed from ra/dec; do not map it")
+    arrow_type = contract.column_type(str(name), convert, dtype, where)
+    return ColumnSpec(str(name), source, arrow_type, convert, sentinels)
 
 
-def column_map_from_dict(data: dict[str, Any]) -> ColumnMap:
-    """Build a :class:`ColumnMap` from its YAML form; ConfigError names the field."""
+def column_map_from_dict(
+    data: dict[str, Any], spec: SurveySpec | None = None, kind: str = "catalog"
+) -> ColumnMap:
+    """Build a :class:`ColumnMap` from its YAML form, its names checked against the contract of
+    ``spec`` (None: the ``riz`` preset) for a ``kind`` table; ConfigError names the field."""
+    contract = Contract(spec if spec is not None else SurveySpec(), kind)
     _check_known(data, ("columns", "nside", "ordering", "sentinels"), "")
     columns = data.get("columns")
     require(isinstance(columns, dict) and columns, "columns", "required: output column -> source")
-    specs = tuple(_parse_column(name, raw) for name, raw in columns.items())
+    specs = tuple(_parse_column(name, raw, contract) for name, raw in columns.items())
     sentinels = data.get("sentinels", list(DEFAULT_SENTINELS))
     nside = data.get("nside")
     ordering = data.get("ordering", "RING")
@@ -251,239 +347,17 @@ def column_map_from_dict(data: dict[str, Any]) -> ColumnMap:
         sentinels=_parse_sentinels(sentinels, "sentinels"),
         nside=None if nside is None else check_nside(nside, "nside"),
         ordering=ordering.upper(),
+        contract=contract,
     )
 
 
-def load_column_map(path: str | os.PathLike) -> ColumnMap:
-    """Read a YAML column map; a bad field raises ConfigError naming the file and the field."""
+def load_column_map(
+    path: str | os.PathLike, spec: SurveySpec | None = None, kind: str = "catalog"
+) -> ColumnMap:
+    """Read a YAML column map (see :func:`column_map_from_dict`); a bad field raises ConfigError
+    naming the file and the field."""
     data = load_yaml(path)
     try:
-        return column_map_from_dict(data)
+        return column_map_from_dict(data, spec, kind)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Source readers
-# --------------------------------------------------------------------------------------------
-
-
-class CatalogSource(Protocol):
-    """A table in one source file; columns are addressed by the column map's ``from`` names."""
-
-    path: Path
-
-    def n_rows(self, columns: Sequence[str]) -> int:
-        """Row count; DataError if a column is missing or not 1-D."""
-
-    def sample(self, column: str) -> np.ndarray:
-        """At most one row of ``column``, to check its dtype and shape."""
-
-    def chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[dict[str, Any]]:
-        """Successive row chunks: column -> ``np.ma.MaskedArray`` (native byte order)."""
-
-
-def _native(values: np.ndarray) -> np.ndarray:
-    if values.dtype.byteorder not in ("=", "|"):
-        return values.astype(values.dtype.newbyteorder("="))
-    return values
-
-
-@contextlib.contextmanager
-def open_fits(path: Path) -> Iterator[fits.HDUList]:
-    """Open a FITS file (memory-mapped); truncated or corrupt files raise DataError naming it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=True, mode="readonly")
-            hdul.readall()
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable FITS file ({exc})") from exc
-    try:
-        size = os.path.getsize(path)
-        for i, hdu in enumerate(hdul):
-            end = hdu.fileinfo()["datLoc"] + hdu.size
-            if end > size and not str(path).endswith(".gz"):
-                raise DataError(
-                    f"{path}: truncated FITS file (HDU {i} needs {end} bytes, file has {size})"
-                )
-        yield hdul
-    finally:
-        hdul.close()
-
-
-def fits_table_hdu(hdul: fits.HDUList, path: Path) -> tuple[int, fits.BinTableHDU]:
-    """The first binary-table HDU of a FITS file, with its index."""
-    for i, hdu in enumerate(hdul):
-        if isinstance(hdu, fits.BinTableHDU):
-            return i, hdu
-    raise DataError(f"{path}: no binary table HDU (HDUs: {[type(h).__name__ for h in hdul]})")
-
-
-class _FitsSource:
-    def __init__(self, path: Path, stack: contextlib.ExitStack):
-        self.path = path
-        _, self.hdu = fits_table_hdu(stack.enter_context(open_fits(path)), path)
-        self.names = list(self.hdu.columns.names)
-
-    def _resolve(self, column: str) -> str:
-        if column in self.names:
-            return column
-        matches = [n for n in self.names if n.lower() == column.lower()]
-        if len(matches) != 1:
-            raise DataError(
-                f"{self.path}: missing column {column!r} (table has {_preview(self.names)})"
-            )
-        return matches[0]
-
-    def n_rows(self, columns: Sequence[str]) -> int:
-        for column in columns:
-            self._resolve(column)
-        return int(self.hdu.header.get("NAXIS2", 0))
-
-    def sample(self, column: str) -> np.ndarray:
-        return self._read(self._resolve(column), 0, 1).data
-
-    def _read(self, name: str, start: int, stop: int) -> np.ma.MaskedArray:
-        values = _native(np.asarray(self.hdu.data[start:stop].field(name)))
-        null = self.hdu.columns[name].null
-        mask = values == null if null is not None and values.dtype.kind in "iu" else None
-        return np.ma.MaskedArray(values, mask=mask)
-
-    def chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[dict[str, Any]]:
-        names = {c: self._resolve(c) for c in columns}
-        n = self.n_rows(columns)
-        for start in range(0, n, chunk_rows):
-            yield {c: self._read(name, start, start + chunk_rows) for c, name in names.items()}
-
-
-class _Hdf5Source:
-    def __init__(self, path: Path, stack: contextlib.ExitStack):
-        self.path = path
-        try:
-            self.file = stack.enter_context(h5py.File(path, "r"))
-        except OSError as exc:
-            raise DataError(f"{path}: not a readable HDF5 file ({exc})") from exc
-
-    def _dataset(self, column: str) -> tuple[h5py.Dataset, str | None]:
-        """The dataset at path ``column``, or (compound dataset, field) for ``table/field``."""
-        key = column.strip("/")
-        node = self.file.get(key)
-        if isinstance(node, h5py.Dataset):
-            return node, None
-        parent, _, name = key.rpartition("/")
-        node = self.file.get(parent) if parent else None
-        if isinstance(node, h5py.Dataset) and node.dtype.names and name in node.dtype.names:
-            return node, name
-        raise DataError(
-            f"{self.path}: missing dataset {column!r} (file has {_preview(self._names())})"
-        )
-
-    def _names(self) -> list[str]:
-        names: list[str] = []
-        self.file.visititems(
-            lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None
-        )
-        return names
-
-    def n_rows(self, columns: Sequence[str]) -> int:
-        lengths = {}
-        for column in columns:
-            ds, _ = self._dataset(column)
-            if ds.ndim != 1:
-                raise DataError(f"{self.path}: dataset {column!r} has shape {ds.shape}; need 1-D")
-            lengths[column] = ds.shape[0]
-        if len(set(lengths.values())) > 1:
-            raise DataError(f"{self.path}: datasets have different lengths {lengths}")
-        return next(iter(lengths.values()))
-
-    def sample(self, column: str) -> np.ndarray:
-        return self._read(column, 0, 1).data
-
-    def _read(self, column: str, start: int, stop: int) -> np.ma.MaskedArray:
-        ds, name = self._dataset(column)
-        try:
-            values = ds.fields(name)[start:stop] if name else ds[start:stop]
-        except (OSError, TypeError, ValueError) as exc:
-            raise DataError(f"{self.path}: cannot read dataset {column!r} ({exc})") from exc
-        return np.ma.MaskedArray(_native(np.asarray(values)))
-
-    def chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[dict[str, Any]]:
-        n = self.n_rows(columns)
-        for start in range(0, n, chunk_rows):
-            yield {c: self._read(c, start, start + chunk_rows) for c in columns}
-
-
-class _ParquetSource:
-    def __init__(self, path: Path, stack: contextlib.ExitStack):
-        self.path = path
-        try:
-            self.file = stack.enter_context(pq.ParquetFile(path))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        self.schema = self.file.schema_arrow
-
-    def n_rows(self, columns: Sequence[str]) -> int:
-        for column in columns:
-            self.sample(column)
-        return self.file.metadata.num_rows
-
-    def sample(self, column: str) -> np.ndarray:
-        if column not in self.schema.names:
-            raise DataError(
-                f"{self.path}: missing column {column!r} (table has {_preview(self.schema.names)})"
-            )
-        try:
-            return np.empty(0, dtype=self.schema.field(column).type.to_pandas_dtype())
-        except (NotImplementedError, TypeError):
-            return np.empty(0, dtype=object)
-
-    def chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[dict[str, Any]]:
-        batches = self.file.iter_batches(batch_size=chunk_rows, columns=list(columns))
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise DataError(f"{self.path}: not a readable Parquet file ({exc})") from exc
-            yield {c: _arrow_masked(batch.column(c)) for c in columns}
-
-
-def _arrow_masked(array: pa.Array) -> np.ma.MaskedArray:
-    mask = array.is_null().to_numpy(zero_copy_only=False)
-    fill = False if pa.types.is_boolean(array.type) else 0
-    values = pc.fill_null(array, fill).to_numpy(zero_copy_only=False)
-    return np.ma.MaskedArray(values, mask=mask)
-
-
-def _preview(names: Sequence[str], n: int = 12) -> str:
-    shown = ", ".join(repr(x) for x in names[:n])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown or "no columns"
-
-
-def _source_format(path: Path) -> str:
-    name = path.name.lower()
-    for suffix, kind in _FORMATS.items():
-        if name.endswith(suffix):
-            return kind
-    raise DataError(f"{path}: unknown catalog format (known suffixes: {', '.join(_FORMATS)})")
-
-
-def open_source(path: Path, stack: contextlib.ExitStack) -> CatalogSource:
-    """Open a FITS, HDF5 or Parquet catalog (chosen by suffix) for the life of ``stack``."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    kind = _source_format(path)
-    return {"fits": _FitsSource, "hdf5": _Hdf5Source, "parquet": _ParquetSource}[kind](path, stack)
-
-
-def expand_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """Source files in order; a directory stands for the Parquet files it holds."""
-    paths: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        paths.extend(parquet_files(path) if path.is_dir() else [path])
-    if not paths:
-        raise DataError("no catalog sources given")
-    return paths

@@ -1,4 +1,5 @@
-"""``galray ingest catalog``: survey catalogs (FITS, HDF5, Parquet) -> galray Parquet shards.
+"""``galray ingest catalog`` and ``galray ingest deep``: survey catalogs (FITS, HDF5, Parquet) ->
+galray Parquet shards.
 
 Values that mean "missing" -- sentinels (99, -9999, ...), NaN, inf and masked entries -- become
 NaN in float columns and null in integer and bool columns.  Rows without a valid ``id``, ``ra`` or
@@ -6,6 +7,12 @@ NaN in float columns and null in integer and bool columns.  Rows without a valid
 are a DataError, and ``ra`` is stored in [0, 360).  The HEALPix ``pixel`` of each row is computed
 from ``ra``/``dec`` and its ``nside`` and ordering are recorded in the Parquet schema metadata
 (:func:`galray.datasets.schema.healpix_metadata`, kind ``"catalog"``).
+
+With a survey spec (``survey=``) the column map may name every column of the spec's contract
+(:class:`~galray.datasets.ingest.Contract`), must cover its ``training_columns``, and the spec is
+written as ``survey.json`` into the output directory.  A deep-field catalog written by
+:func:`ingest_deep` (``id``, truth, redshift; no positions, no ``pixel``) can be joined onto the
+injections by their ``deep_id`` (``deep=``): every ``deep_id`` must be in it.
 """
 
 from __future__ import annotations
@@ -24,15 +31,10 @@ import pyarrow.compute as pc
 
 from galray.config import require
 from galray.datasets import schema
-from galray.datasets.ingest import (
-    REQUIRED_COLUMNS,
-    ColumnMap,
-    ColumnSpec,
-    check_nside,
-    expand_sources,
-    load_column_map,
-    open_source,
-)
+from galray.datasets.ingest import ColumnMap, ColumnSpec, check_nside, load_column_map
+from galray.datasets.ingest_deep import DeepTable
+from galray.datasets.ingest_sources import expand_sources, open_source
+from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
 from galray.io import atomic_directory, write_parquet
 
@@ -118,6 +120,8 @@ class FileSummary:
     rows_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
+    deep_missing: int = 0
+    deep_missing_ids: list[np.ndarray] = field(default_factory=list)
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:
@@ -143,11 +147,12 @@ class IngestSummary:
     """
 
     out: Path
-    nside: int
-    ordering: str
+    nside: int | None
+    ordering: str | None
     shard_rows: int
     files: list[FileSummary] = field(default_factory=list)
     n_shards: int = 0
+    kind: str = "catalog"
 
     @property
     def rows_read(self) -> int:
@@ -166,7 +171,8 @@ class IngestSummary:
         return _total([f.missing for f in self.files])
 
     def lines(self) -> list[str]:
-        out = [f"ingest catalog -> {self.out} (HEALPix nside {self.nside}, {self.ordering})"]
+        grid = f" (HEALPix nside {self.nside}, {self.ordering})" if self.nside else ""
+        out = [f"ingest {self.kind} -> {self.out}{grid}"]
         for f in self.files:
             out.append(
                 f"  {f.path}: {f.rows_read:,} rows read, {f.rows_kept:,} kept, "
@@ -214,18 +220,23 @@ class _ShardWriter:
 
 @dataclass(frozen=True)
 class _Job:
-    """What every chunk needs: the column map, the HEALPix grid and the output schema."""
+    """What every chunk needs: the column map, the HEALPix grid (None for a deep catalog), the
+    output schema, the rows' required columns and the deep catalog to join (or None)."""
 
     cmap: ColumnMap
-    nside: int
-    ordering: str
+    nside: int | None
+    ordering: str | None
     schema: pa.Schema
+    required: tuple[str, ...]
+    deep: DeepTable | None = None
 
 
-def _required_rows(missing: dict[str, np.ndarray], summary: FileSummary) -> np.ndarray:
-    """Rows to drop (no valid id, ra or dec), counted under their first reason."""
+def _required_rows(
+    missing: dict[str, np.ndarray], summary: FileSummary, required: Sequence[str]
+) -> np.ndarray:
+    """Rows to drop (no valid id, ra or dec, ...), counted under their first reason."""
     drop = np.zeros(len(missing["id"]), dtype=bool)
-    for name in REQUIRED_COLUMNS:
+    for name in required:
         reason = missing[name] & ~drop
         _add(summary.dropped, f"{name} missing", reason.sum())
         drop |= reason
@@ -252,15 +263,23 @@ def _chunk_table(
         sentinels = job.cmap.sentinels_for(spec)
         arrays[spec.name], missing[spec.name] = _convert(raw[spec.source], spec, sentinels, path)
         valid[spec.name] += int((~missing[spec.name]).sum())
-    drop = _required_rows(missing, summary)
+    drop = _required_rows(missing, summary, job.required)
     for name, miss in missing.items():
         _add(summary.missing, name, (miss & ~drop).sum())
     keep = pa.array(~drop)
     columns = {name: pc.filter(array, keep) for name, array in arrays.items()}
-    columns["ra"], columns["pixel"] = _positions(
-        columns["ra"].to_numpy(), columns["dec"].to_numpy(), job, path
-    )
-    summary.rows_kept += len(columns["pixel"])
+    if job.nside is not None:
+        columns["ra"], columns["pixel"] = _positions(
+            columns["ra"].to_numpy(), columns["dec"].to_numpy(), job, path
+        )
+    if job.deep is not None:
+        deep_ids = columns["deep_id"].to_numpy()
+        rows, found = job.deep.lookup(deep_ids)
+        if not found.all():
+            summary.deep_missing += int((~found).sum())
+            summary.deep_missing_ids.append(np.unique(deep_ids[~found]))
+        columns.update(job.deep.take(rows))
+    summary.rows_kept += len(columns["id"])
     return pa.Table.from_arrays([columns[n] for n in job.schema.names], schema=job.schema)
 
 
@@ -284,6 +303,68 @@ def _ingest_file(path: Path, job: _Job, writer: _ShardWriter, chunk_rows: int) -
                 f"{path}: column {spec.source!r} (for {spec.name}) has no valid value "
                 "(all NaN, masked or sentinel)"
             )
+    if summary.deep_missing:
+        ids = np.unique(np.concatenate(summary.deep_missing_ids))
+        raise DataError(
+            f"{path}: {summary.deep_missing:,} injection(s) have a deep_id that is not in the "
+            f"deep catalog {job.deep.source} ({ids.size:,} id(s) missing, e.g. {ids[0]})"
+        )
+    return summary
+
+
+def _resolve_spec(survey: SurveySpec | str | os.PathLike | None) -> SurveySpec | None:
+    return survey if survey is None or isinstance(survey, SurveySpec) else load_spec(survey)
+
+
+def _column_map(
+    mapping: ColumnMap | str | os.PathLike, spec: SurveySpec | None, kind: str
+) -> tuple[ColumnMap, str]:
+    """The column map and how errors name it (its file)."""
+    if isinstance(mapping, ColumnMap):
+        return mapping, "column map"
+    return load_column_map(mapping, spec, kind), str(mapping)
+
+
+def _check_covers(
+    needed: Sequence[str], have: Sequence[str], spec: SurveySpec, where: str, deep: Any
+) -> None:
+    """ConfigError naming ``where`` unless every ``needed`` column is in ``have``."""
+    missing = [c for c in needed if c not in have]
+    if missing:
+        also = f" nor holds the deep catalog {deep.source}" if deep is not None else ""
+        raise ConfigError(
+            f"{where}: survey {spec.name} needs column(s) {missing}, which the column map does "
+            f"not map{also}"
+        )
+
+
+def _run(
+    paths: list[Path],
+    out: str | os.PathLike,
+    job: _Job,
+    summary: IngestSummary,
+    *,
+    chunk_rows: int,
+    overwrite: bool,
+    spec: SurveySpec | None,
+    log: Callable[[str], Any],
+) -> IngestSummary:
+    """Ingest every file into shards in a temporary directory, renamed to ``out`` at the end."""
+    require(summary.shard_rows > 0, "shard_rows", f"must be positive, got {summary.shard_rows}")
+    require(chunk_rows > 0, "chunk_rows", f"must be positive, got {chunk_rows}")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = _ShardWriter(tmp, job.schema, summary.shard_rows)
+        for path in paths:
+            summary.files.append(_ingest_file(path, job, writer, chunk_rows))
+        if summary.rows_kept == 0:
+            needs = ", ".join(job.required)
+            raise DataError(f"{', '.join(map(str, paths))}: no row has a valid {needs}")
+        writer.close()
+        summary.n_shards = writer.n_shards
+        if spec is not None:
+            spec.save(tmp)
+    for line in summary.lines():
+        log(line)
     return summary
 
 
@@ -294,6 +375,8 @@ def ingest_catalogs(
     *,
     nside: int | None = None,
     ordering: str | None = None,
+    survey: SurveySpec | str | os.PathLike | None = None,
+    deep: str | os.PathLike | None = None,
     shard_rows: int = 1_000_000,
     chunk_rows: int = 500_000,
     overwrite: bool = False,
@@ -302,32 +385,79 @@ def ingest_catalogs(
     """Ingest FITS/HDF5/Parquet catalogs into Parquet shards ``out/part-NNNNN.parquet``.
 
     ``mapping`` is a :class:`ColumnMap` or the path of its YAML file.  ``nside`` and ``ordering``
-    (``"RING"``/``"NESTED"``) of the HEALPix ``pixel`` column override the mapping's.  Shards hold
-    ``shard_rows`` rows (the last fewer); sources are read ``chunk_rows`` rows at a time.  The
-    output directory appears only once everything succeeded: on error nothing is left behind.
+    (``"RING"``/``"NESTED"``) of the HEALPix ``pixel`` column override the mapping's.
+    ``survey`` (a :class:`SurveySpec`, preset name, YAML file or survey directory): the column
+    map is read against its contract, must cover ``id``, ``ra``, ``dec`` and its
+    ``training_columns`` (with ``deep``'s columns), and the spec is written to
+    ``out/survey.json``.  ``deep``: a deep catalog written by :func:`ingest_deep`, whose columns
+    (truth, redshift) every injection inherits from the deep galaxy its ``deep_id`` names.
+    Shards hold ``shard_rows`` rows (the last fewer); sources are read ``chunk_rows`` rows at a
+    time.  The output directory appears only once everything succeeded: on error nothing is left
+    behind.
     """
-    cmap = mapping if isinstance(mapping, ColumnMap) else load_column_map(mapping)
+    spec = _resolve_spec(survey)
+    cmap, where = _column_map(mapping, spec, "catalog")
     nside, ordering = _grid(cmap, nside, ordering)
-    require(shard_rows > 0, "shard_rows", f"must be positive, got {shard_rows}")
-    require(chunk_rows > 0, "chunk_rows", f"must be positive, got {chunk_rows}")
+    table = DeepTable.load(deep) if deep is not None else None
+    joined = table.types if table is not None else {}
+    required = cmap.contract.required
+    if table is not None:
+        require("deep_id" in cmap.names, f"{where}: columns.deep_id", "required to join --deep")
+        clash = [n for n in cmap.names if n in joined]
+        require(
+            not clash,
+            f"{where}: columns.{clash[0] if clash else ''}",
+            f"also a column of the deep catalog {deep}; take it from one of them",
+        )
+        required = (*required, "deep_id")
+    if spec is not None:
+        needed = ["id", "ra", "dec", *spec.training_columns]
+        _check_covers(needed, [*cmap.names, *joined], spec, where, table)
+    paths = expand_sources(sources)
+    extra: dict[str, Any] = {
+        "sources": [p.name for p in paths],
+        "columns": {c.name: c.source for c in cmap.columns},
+    }
+    if spec is not None:
+        extra["survey"] = spec.name
+    if table is not None:
+        extra["deep"] = str(table.source)
+    out_schema = cmap.output_schema(nside, ordering, extra=extra, joined=joined)
+    job = _Job(cmap, nside, ordering, out_schema, required, table)
+    summary = IngestSummary(Path(out), nside, ordering, shard_rows)
+    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=spec, log=log)
+    return _run(paths, out, job, summary, **run)
+
+
+def ingest_deep(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    mapping: ColumnMap | str | os.PathLike,
+    *,
+    survey: SurveySpec | str | os.PathLike | None = None,
+    shard_rows: int = 1_000_000,
+    chunk_rows: int = 500_000,
+    overwrite: bool = False,
+    log: Callable[[str], Any] = print,
+) -> IngestSummary:
+    """Ingest a deep-field catalog (FITS/HDF5/Parquet) into Parquet shards ``out/part-*.parquet``
+    of ``id``, true magnitudes, morphology and redshift (and any extra columns mapped), for
+    :func:`ingest_catalogs` ``deep=``.  Rows without a valid ``id`` are dropped.  ``survey``:
+    the column map is read against the spec's contract and must cover ``id``, its
+    ``truth_columns`` and its redshift column.  Nothing is left behind on error."""
+    spec = _resolve_spec(survey)
+    cmap, where = _column_map(mapping, spec, "deep")
+    if spec is not None:
+        _check_covers(["id", *cmap.contract.truth_columns], cmap.names, spec, where, None)
     paths = expand_sources(sources)
     extra = {
         "sources": [p.name for p in paths],
         "columns": {c.name: c.source for c in cmap.columns},
     }
-    job = _Job(cmap, nside, ordering, cmap.output_schema(nside, ordering, extra=extra))
-    summary = IngestSummary(Path(out), nside, ordering, shard_rows)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        writer = _ShardWriter(tmp, job.schema, shard_rows)
-        for path in paths:
-            summary.files.append(_ingest_file(path, job, writer, chunk_rows))
-        if summary.rows_kept == 0:
-            raise DataError(f"{', '.join(map(str, paths))}: no row has a valid id, ra and dec")
-        writer.close()
-        summary.n_shards = writer.n_shards
-    for line in summary.lines():
-        log(line)
-    return summary
+    job = _Job(cmap, None, None, cmap.output_schema(None, None, extra=extra), ("id",))
+    summary = IngestSummary(Path(out), None, None, shard_rows, kind="deep")
+    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=None, log=log)
+    return _run(paths, out, job, summary, **run)
 
 
 def _grid(cmap: ColumnMap, nside: int | None, ordering: str | None) -> tuple[int, str]:

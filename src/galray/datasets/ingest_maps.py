@@ -3,14 +3,20 @@
 Each input is a healpy map file, full-sky (implicit indexing, read with :func:`healpy.read_map`) or
 partial (explicit ``PIXEL``/``SIGNAL`` table, as written by ``healpy.write_map(..., partial=True)``),
 in RING or NESTED ordering as its header says (``NSIDE``, ``ORDERING``, ``INDXSCHM``).  Pixels
-holding ``healpy.UNSEEN`` or NaN lie outside that map's footprint.  The output keeps the pixels
-where *every* map is defined (the intersection), sorted ascending, one float32 column per map, with
-``nside``, ordering and bands in the Parquet schema metadata (kind ``"conditions"``); read it with
-:func:`galray.datasets.conditions.read_condition_map`.
+holding ``healpy.UNSEEN`` or NaN lie outside that map's footprint.  Column names are free: per-band
+quantities ``<q>_<b>`` and band-independent ones such as ``ebv``.  Maps on another grid than the
+output's (the first map's, or the ``nside``/``ordering`` asked for) are moved onto it -- pixel
+indices reordered, healpy ``ud_grade`` for another nside (:mod:`galray.datasets.regrid`) -- with a
+warning.  The output keeps the pixels where *every* map is defined (the intersection), sorted
+ascending, one float32 column per map, with ``nside``, ordering and bands in the Parquet schema
+metadata (kind ``"conditions"``); read it with
+:func:`galray.datasets.conditions.read_condition_map`.  Given a survey spec, the maps must cover
+its ``condition_columns``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -24,9 +30,14 @@ import pyarrow as pa
 
 from galray.config import require
 from galray.datasets import schema
-from galray.datasets.ingest import check_nside, fits_table_hdu, open_fits
+from galray.datasets.ingest import check_nside
+from galray.datasets.ingest_sources import fits_table_hdu, open_fits
+from galray.datasets.regrid import describe, regrid
+from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
 from galray.io import atomic_directory, write_parquet
+
+logger = logging.getLogger(__name__)
 
 CONDITIONS_FILE = "conditions.parquet"
 _FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fits", ".fit", ".fts")
@@ -164,20 +175,28 @@ def _read_partial(header: MapHeader, ordering: str) -> tuple[np.ndarray, np.ndar
     return pixels, values
 
 
-def read_healpix_map(path: str | os.PathLike, ordering: str | None = None) -> HealpixMap:
-    """The defined pixels and values of a healpy map file, in ``ordering`` (default: the file's).
+def read_healpix_map(
+    path: str | os.PathLike, ordering: str | None = None, nside: int | None = None
+) -> HealpixMap:
+    """The defined pixels and values of a healpy map file, in ``ordering`` and at ``nside``
+    (default: the file's).
 
     Full-sky files go through :func:`healpy.read_map` and :func:`healpy.reorder`; partial files are
-    read as a PIXEL/value table and their pixel indices converted with ring2nest/nest2ring.
+    read as a PIXEL/value table and their pixel indices converted with ring2nest/nest2ring.  Another
+    ``nside`` goes through :func:`galray.datasets.regrid.regrid` (healpy ``ud_grade``).
     """
     header = read_map_header(path)
     ordering = (ordering or header.ordering).upper()
     require(ordering in schema.ORDERINGS, "ordering", f"must be one of {schema.ORDERINGS}")
+    nside = header.nside if nside is None else check_nside(nside, "nside")
     read = _read_partial if header.partial else _read_full
-    pixels, values = read(header, ordering)
+    pixels, values = read(header, ordering if nside == header.nside else header.ordering)
     if pixels.size == 0:
         raise DataError(f"{header.path}: every pixel is UNSEEN or NaN (empty footprint)")
-    return HealpixMap(header.path, header.nside, ordering, header.partial, pixels, values)
+    if nside != header.nside:
+        grid_in = (header.nside, header.ordering)
+        pixels, values = regrid(pixels, values, grid_in, (nside, ordering), str(header.path))
+    return HealpixMap(header.path, nside, ordering, header.partial, pixels, values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,14 +231,28 @@ def _parse_specs(specs: Sequence[str]) -> dict[str, Path]:
     return columns
 
 
-def _check_same_nside(headers: dict[str, MapHeader]) -> None:
-    first = next(iter(headers.values()))
-    for header in headers.values():
-        if header.nside != first.nside:
-            raise DataError(
-                f"{header.path} has NSIDE {header.nside} but {first.path} has NSIDE "
-                f"{first.nside}; all maps must share nside (degrade with healpy.ud_grade first)"
-            )
+def _check_survey(columns: Sequence[str], spec: SurveySpec) -> None:
+    """Every condition column of ``spec`` must have a map; ConfigError naming the missing ones."""
+    missing = [c for c in spec.condition_columns if c not in columns]
+    if not missing:
+        return
+    bands = [b for b in spec.bands if any(c.endswith(f"_{b}") for c in missing)]
+    lacking = f"; band(s) {', '.join(bands)} lack a condition map" if bands else ""
+    raise ConfigError(
+        f"maps: survey {spec.name} needs condition map(s) {missing}{lacking}; give each as "
+        "COLUMN=path.fits"
+    )
+
+
+def _conversions(
+    headers: dict[str, MapHeader], nside: int, ordering: str
+) -> dict[str, tuple[int, str]]:
+    """The maps not on the output grid: column -> their (nside, ordering)."""
+    return {
+        column: (h.nside, h.ordering)
+        for column, h in headers.items()
+        if (h.nside, h.ordering) != (nside, ordering)
+    }
 
 
 def _in_sorted(values: np.ndarray, sorted_: np.ndarray) -> np.ndarray:
@@ -267,18 +300,24 @@ def _bands(columns: Sequence[str]) -> list[str]:
     return bands
 
 
-def condition_table(maps: dict[str, HealpixMap], footprint: np.ndarray) -> pa.Table:
-    """The ``pixel`` + one float32 column per map table, metadata included."""
+def condition_table(
+    maps: dict[str, HealpixMap], footprint: np.ndarray, spec: SurveySpec | None = None
+) -> pa.Table:
+    """The ``pixel`` + one float32 column per map table, metadata included (the bands are the
+    spec's, else those of the ``psf_fwhm_<b>``/``depth_<b>`` columns)."""
     first = next(iter(maps.values()))
     columns = {"pixel": pa.array(footprint, type=pa.int64())}
     for column, m in maps.items():
         columns[column] = pa.array(_checked_values(column, m, footprint), type=pa.float32())
+    extra: dict[str, Any] = {"sources": {c: m.path.name for c, m in maps.items()}}
+    if spec is not None:
+        extra["survey"] = spec.name
     meta = schema.healpix_metadata(
         first.nside,
         first.ordering,
         kind="conditions",
-        bands=_bands(list(maps)),
-        extra={"sources": {c: m.path.name for c, m in maps.items()}},
+        bands=spec.bands if spec is not None else _bands(list(maps)),
+        extra=extra,
     )
     return pa.table(columns).replace_schema_metadata(meta)
 
@@ -295,6 +334,7 @@ class MapIngestSummary:
     sources: dict[str, MapHeader] = field(default_factory=dict)
     n_defined: dict[str, int] = field(default_factory=dict)
     outside: dict[str, int] = field(default_factory=dict)
+    converted: dict[str, tuple[int, str]] = field(default_factory=dict)
     n_union: int = 0
     n_footprint: int = 0
 
@@ -306,9 +346,13 @@ class MapIngestSummary:
         out = [f"ingest maps -> {self.out / CONDITIONS_FILE} (nside {self.nside}, {self.ordering})"]
         for column, h in self.sources.items():
             kind = "partial" if h.partial else "full-sky"
+            moved = (
+                f", converted from nside {h.nside} {h.ordering}" if column in self.converted else ""
+            )
             out.append(
-                f"  {column} <- {h.path} ({kind}, {h.ordering}): {self.n_defined[column]:,} "
-                f"pixels defined, {self.outside[column]:,} outside the common footprint"
+                f"  {column} <- {h.path} ({kind}, {h.ordering}{moved}): "
+                f"{self.n_defined[column]:,} pixels defined, {self.outside[column]:,} outside the "
+                "common footprint"
             )
         out.append(
             f"  kept {self.n_footprint:,} pixels where every map is defined; dropped "
@@ -328,27 +372,47 @@ def ingest_maps(
     specs: Sequence[str],
     out: str | os.PathLike,
     *,
+    nside: int | None = None,
     ordering: str | None = None,
+    survey: SurveySpec | str | os.PathLike | None = None,
     overwrite: bool = False,
     log: Callable[[str], Any] = print,
 ) -> MapIngestSummary:
     """Ingest healpy maps (``COLUMN=path.fits`` or ``path.fits``) into ``out/conditions.parquet``.
 
-    All maps must share ``nside``.  ``ordering`` (``"RING"``/``"NESTED"``) of the output defaults
-    to that of the first map.  The output directory appears only if everything succeeded.
+    ``nside`` and ``ordering`` (``"RING"``/``"NESTED"``) of the output default to the first map's;
+    maps on another grid are moved onto it (reordered; healpy ``ud_grade`` for another nside) and
+    a warning says so.  ``survey`` (a :class:`SurveySpec`, preset name, YAML file or survey
+    directory): the maps must cover its ``condition_columns`` (ConfigError naming the missing
+    ones, before anything is read).  The output directory appears only if everything succeeded.
     """
     paths = _parse_specs(specs)
+    spec = survey if isinstance(survey, SurveySpec) or survey is None else load_spec(survey)
+    if spec is not None:
+        _check_survey(list(paths), spec)
     headers = {column: read_map_header(path) for column, path in paths.items()}
-    _check_same_nside(headers)
     first = next(iter(headers.values()))
+    nside = first.nside if nside is None else check_nside(nside, "nside")
     ordering = (ordering or first.ordering).upper()
     require(ordering in schema.ORDERINGS, "ordering", f"must be one of {schema.ORDERINGS}")
-    maps = {column: read_healpix_map(path, ordering) for column, path in paths.items()}
+    converted = _conversions(headers, nside, ordering)
+    for column, grid in converted.items():
+        how = "healpy ud_grade" if grid[0] != nside else "reordering the pixel indices"
+        logger.warning(
+            "%s (%s): HEALPix %s differs from the output's %s; converting it (%s)",
+            headers[column].path,
+            column,
+            describe(*grid),
+            describe(nside, ordering),
+            how,
+        )
+    maps = {c: read_healpix_map(path, ordering, nside) for c, path in paths.items()}
     footprint = _footprint(maps)
-    table = condition_table(maps, footprint)
-    summary = MapIngestSummary(Path(out), first.nside, ordering, headers)
+    table = condition_table(maps, footprint, spec)
+    summary = MapIngestSummary(Path(out), nside, ordering, headers)
     summary.n_defined = {c: int(m.pixels.size) for c, m in maps.items()}
     summary.outside = {c: int(m.pixels.size - footprint.size) for c, m in maps.items()}
+    summary.converted = converted
     summary.n_union, summary.n_footprint = _union_size(maps), int(footprint.size)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         write_parquet(table, tmp / CONDITIONS_FILE)

@@ -3,8 +3,12 @@
 :class:`TrainingCatalog` validates a catalog and its maps once, eagerly, before any Ray work:
 
 1. every shard's footer is read (a truncated or corrupt file raises DataError naming it) and must
-   hold ``id``, ``pixel`` and ``true_mag_b`` for every band;
-2. every shard's HEALPix nside/ordering must equal the condition maps' (DataError naming both);
+   hold ``id``, ``pixel`` and the truth columns (a survey spec's ``truth_columns``; without a
+   spec ``true_mag_b`` for every band);
+2. every shard must share one HEALPix nside/ordering (DataError naming two that differ); when it
+   differs from the condition maps', the maps are moved onto the catalog's grid
+   (:meth:`ConditionMap.regrid`: pixel indices reordered, healpy ``ud_grade`` for another nside)
+   and a warning names both;
 3. the galaxies off the footprint are counted exactly in a pre-pass over the ``pixel`` column
    only (pyarrow reads ~8 bytes per row and one vectorised lookup per shard: ~0.06 s for 1.7M
    rows, a tenth of the pipeline) and above ``max_outside_fraction`` of the catalog raise FootprintError.  Counting
@@ -20,7 +24,8 @@ Python), drops off-footprint rows and keeps one split.  Blocks stay pyarrow tabl
 every shard under 128 MiB into a single read task after a separate file-listing task, and the V1
 datasource samples files in extra tasks before reading; on 1.7M rows x 2 cores both were 1.5-4x
 slower end to end than reading the pieces inside the join task (see benchmarks/bench_join.py),
-and a corrupt data page read here raises DataError naming the shard.
+and a corrupt data page read here raises DataError naming the shard.  Rows off the footprint are
+dropped; when there are any, a warning says how many.
 
 The module computes no normalisation statistics.  Emulator training hands the train and val
 Datasets to Ray Train (train sharded over the workers); each worker reads its shard into numpy and
@@ -36,7 +41,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +55,9 @@ from galray.datasets.conditions import ConditionMap, read_condition_map
 from galray.datasets.split import DEFAULT_FRACTIONS, SplitSpec, split_index
 from galray.errors import DataError, FootprintError
 from galray.io import parquet_files
+
+if TYPE_CHECKING:
+    from galray.datasets.survey import SurveySpec
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,11 @@ class TrainingCatalog:
 
     catalog: a Parquet file or a directory of shards (schema.INJECTION_FIELDS).
     maps: the condition-map Parquet table, or a directory holding ``conditions.parquet``.
-    bands: the bands whose true magnitudes and conditions are used.
+    spec: the survey's data contract: the catalog must hold ``id``, ``pixel`` and
+        ``spec.truth_columns``, and the maps ``spec.condition_columns``.  None: the legacy
+        contract, ``true_mag_b`` and ``psf_fwhm_b``/``depth_b`` for every band in ``bands``.
+    bands: the bands whose true magnitudes and conditions are used (default r, i, z; with a
+        spec, the spec's bands, and any other value is a ConfigError).
     fractions, salt: the id-hash split (see :mod:`galray.datasets.split`).
     max_outside_fraction: largest tolerated share of galaxies off the footprint (0..1).
     """
@@ -97,7 +109,8 @@ class TrainingCatalog:
         catalog: str | os.PathLike,
         maps: str | os.PathLike,
         *,
-        bands: Sequence[str] = schema.BANDS,
+        spec: SurveySpec | None = None,
+        bands: Sequence[str] | None = None,
         fractions: Sequence[float] = DEFAULT_FRACTIONS,
         salt: int = 0,
         max_outside_fraction: float = 0.01,
@@ -107,16 +120,32 @@ class TrainingCatalog:
             "max_outside_fraction",
             f"must lie in [0, 1], got {max_outside_fraction}",
         )
+        if spec is not None:
+            require(
+                bands is None or list(bands) == list(spec.bands),
+                "bands",
+                f"{list(bands or [])} differ from the bands {spec.bands} of survey {spec.name}",
+            )
+            bands = spec.bands
+        self.spec = spec
         self.catalog = Path(catalog)
         self.maps = _condition_map_path(maps)
-        self.bands = tuple(bands)
+        self.bands = tuple(schema.BANDS if bands is None else bands)
         self.split_spec = SplitSpec(tuple(fractions), salt)
         self.files = parquet_files(self.catalog)
-        self.conditions = read_condition_map(self.maps, self.bands)
-        self.columns, self._row_groups = _check_shards(self.files, self.bands, self.conditions)
+        if spec is None:
+            required = [schema.true_mag(b) for b in self.bands]
+            conditions = read_condition_map(self.maps, self.bands)
+        else:
+            required = list(spec.truth_columns)
+            conditions = read_condition_map(self.maps, columns=spec.condition_columns)
+        self.columns, self._row_groups, grid = _check_shards(self.files, required, conditions)
+        self.conditions = _on_grid(conditions, grid, self.catalog)
         self.footprint = count_outside(self.files, self.conditions, self.catalog)
         self.footprint.check(max_outside_fraction)
-        log.info(
+        level = logging.WARNING if self.footprint.n_outside else logging.INFO
+        log.log(
+            level,
             "%s: dropping %d of %d galaxies (%.3f%%) outside the footprint of %s",
             self.catalog,
             self.footprint.n_outside,
@@ -136,7 +165,8 @@ class TrainingCatalog:
         """Lazy Dataset of on-footprint rows of ``split`` (None: all rows) with conditions added.
 
         columns: catalog columns to keep (default all that every shard holds); the condition
-        columns ``psf_fwhm_b`` (arcsec) and ``depth_b`` (AB) are always appended.
+        columns (:attr:`condition_columns`, e.g. ``psf_fwhm_b`` in arcsec and ``depth_b`` in AB
+        mag) are always appended.
         """
         keep = list(self.columns if columns is None else columns)
         missing = [c for c in keep if c not in self.columns]
@@ -172,16 +202,18 @@ def _condition_map_path(maps: str | os.PathLike) -> Path:
 
 
 def _check_shards(
-    files: list[Path], bands: Sequence[str], conditions: ConditionMap
-) -> tuple[list[str], list[list[int]]]:
+    files: list[Path], required: Sequence[str], conditions: ConditionMap
+) -> tuple[list[str], list[list[int]], tuple[int, str]]:
     """Validate every shard's footer.
 
     Returns the catalog columns all shards share (first shard's order, condition columns left
-    out) and each shard's uncompressed bytes per row group.
+    out), each shard's uncompressed bytes per row group, and the shards' HEALPix
+    ``(nside, ordering)``.
     """
-    required = ["id", "pixel", *(schema.true_mag(b) for b in bands)]
+    required = ["id", "pixel", *required]
     common: list[str] | None = None
     row_groups = []
+    grid: tuple[int, str] | None = None
     for f in files:
         sch, rows = _read_footer(f)
         missing = [c for c in required if c not in sch.names]
@@ -190,16 +222,38 @@ def _check_shards(
         for name in ("id", "pixel"):
             if not pa.types.is_integer(sch.field(name).type):
                 raise DataError(f"{f}: column {name!r} must be integer, got {sch.field(name).type}")
-        nside, ordering = schema.read_healpix_metadata(sch, str(f))
-        if (nside, ordering) != (conditions.nside, conditions.ordering):
+        shard_grid = schema.read_healpix_metadata(sch, str(f))
+        if grid is None:
+            grid = shard_grid
+        elif shard_grid != grid:
             raise DataError(
-                f"{f}: HEALPix nside={nside}, ordering={ordering} does not match the condition "
-                f"maps {conditions.source} (nside={conditions.nside}, "
-                f"ordering={conditions.ordering})"
+                f"{f}: HEALPix nside={shard_grid[0]}, ordering={shard_grid[1]} differs from "
+                f"{files[0]} (nside={grid[0]}, ordering={grid[1]}); every shard needs one grid"
             )
         common = sch.names if common is None else [c for c in common if c in sch.names]
         row_groups.append(rows)
-    return [c for c in common or [] if c not in conditions.columns], row_groups
+    columns = [c for c in common or [] if c not in conditions.columns]
+    return columns, row_groups, grid or (conditions.nside, conditions.ordering)
+
+
+def _on_grid(conditions: ConditionMap, grid: tuple[int, str], catalog: Path) -> ConditionMap:
+    """The condition maps on the catalog's HEALPix grid, moved there with a warning if need be."""
+    nside, ordering = grid
+    if (nside, ordering) == (conditions.nside, conditions.ordering):
+        return conditions
+    how = "healpy ud_grade" if nside != conditions.nside else "reordering the pixel indices"
+    log.warning(
+        "%s: HEALPix nside=%d, ordering=%s differs from the condition maps %s (nside=%d, "
+        "ordering=%s); converting the maps to the catalog's grid (%s)",
+        catalog,
+        nside,
+        ordering,
+        conditions.source,
+        conditions.nside,
+        conditions.ordering,
+        how,
+    )
+    return conditions.regrid(nside, ordering)
 
 
 def _read_footer(path: Path) -> tuple[pa.Schema, list[int]]:
