@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import healpy as hp
@@ -9,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from galray.config import from_dict
 from galray.datasets import schema
 from galray.datasets.simulate import (
     SurveyConfig,
@@ -17,6 +19,7 @@ from galray.datasets.simulate import (
     simulate_deep,
     simulate_survey,
 )
+from galray.datasets.survey import load_spec
 from galray.errors import ConfigError, OutputExistsError
 
 
@@ -34,7 +37,8 @@ def _injections(out):
 
 def test_layout_schema_and_metadata(survey):
     out, cfg, manifest = survey
-    assert json.loads((out / "survey.json").read_text())["n_injections"] == cfg.n_injections
+    assert json.loads((out / "simulation.json").read_text())["n_injections"] == cfg.n_injections
+    assert load_spec(out) == load_spec("riz")  # survey.json is the SurveySpec
     files = sorted((out / "injections").glob("part-*.parquet"))
     assert len(files) == 3
     sch = pq.read_schema(files[0])
@@ -182,6 +186,43 @@ def test_undetected_keep_truth_and_have_nan_observations(survey):
     und = inj[~inj.detected]
     assert len(und) > 0 and und.obs_flux_i.isna().all() and und.obs_mag_r.isna().all()
     assert und.true_mag_i.notna().all() and und.pixel.notna().all()
+
+
+def _table_hash(path) -> str:
+    """sha256 over every column's name, dtype and values (independent of Parquet encoding)."""
+    table = pq.read_table(path)
+    h = hashlib.sha256()
+    for name in table.column_names:
+        values = np.ascontiguousarray(table[name].to_numpy())
+        h.update(name.encode())
+        h.update(str(values.dtype).encode())
+        h.update(values.tobytes())
+    return h.hexdigest()
+
+
+def test_riz_output_unchanged_by_survey_specs(tmp_path):
+    # The hashes were computed with this config from the riz simulator as it was before survey
+    # specs (commit 6a125ed, before `SurveyConfig.spec` existed), with _table_hash as here: the
+    # riz preset must keep writing exactly that survey (the quickstart's fidelity depends on it).
+    cfg = SurveyConfig(
+        n_injections=3_000, n_deep=1_000, nside=32, seed=5, shard_rows=2_000, write_fits_maps=False
+    )
+    simulate_survey(tmp_path / "s", cfg, log=lambda *_: None)
+    expected = {
+        "injections": "9c7d6f7873cf085449a9178063332887394c5ff1d96f233926a830bc0f5563a0",
+        "deep": "00e64505851c2afa38c6f48b4a77ede3fda9b8043fd44f49229cd9300e559870",
+        "maps/conditions.parquet": "276d2e6b7e8872f6b898b09bb33555741885ab5daa69a96e3ed7952da53b7522",
+    }
+    for sub, digest in expected.items():
+        assert _table_hash(tmp_path / "s" / sub) == digest, sub
+
+
+def test_spec_field_validated_and_typed_from_yaml():
+    assert SurveyConfig().spec == "riz"
+    cfg = from_dict(SurveyConfig, {"spec": "des-y6", "n_injections": 100})
+    assert cfg.survey_spec().name == "des-y6" and cfg.n_injections == 100
+    with pytest.raises(ConfigError, match=r"^spec: .*nope"):
+        SurveyConfig(spec="nope")
 
 
 def test_bad_config_names_field():

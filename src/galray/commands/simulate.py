@@ -11,6 +11,13 @@ def register(sub, groups) -> None:
     sim = group(sub, groups, "simulate", help="write synthetic survey data with known truth")
     p = command(sim, "survey", _survey)
     add_output(p, "output directory", overwrite="replace an existing output directory")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--preset", metavar="NAME", help="survey spec preset: riz (default), des-y6 or lsst"
+    )
+    which.add_argument(
+        "--spec", metavar="FILE", help="survey spec YAML file (see galray.datasets.survey)"
+    )
     p.add_argument("--n-injections", type=int, default=200_000, help="injection catalog rows")
     p.add_argument("--n-deep", type=int, default=100_000, help="deep-field truth galaxies")
     p.add_argument("--nside", type=int, default=512, help="HEALPix nside of the condition maps")
@@ -31,9 +38,14 @@ def register(sub, groups) -> None:
 def _survey(args: argparse.Namespace) -> int:
     r"""Deep catalog + HEALPix condition maps + Balrog-style injection catalog.
 
-    The transfer function is known (see galray.datasets.simulate), so an emulator trained on
-    it can be scored against the truth.  Example:
+    For any survey spec: --preset riz (the default: r, i, z fluxes), des-y6 (griz fluxes and
+    errors, S/N, size T, size ratio and flags under PSF, airmass, sky, depth and E(B-V); ugriz
+    JHKs truth with T, G and redshift) or lsst (ugrizy), or --spec FILE.yaml.  The spec goes to
+    OUT/survey.json, the run's manifest to OUT/simulation.json.  The transfer function is known
+    (see galray.datasets.simulate for riz, galray.datasets.simulate_spec for any other spec),
+    so an emulator trained on it can be scored against the truth.  Examples:
         galray simulate survey --out data/survey --n-injections 1700000 --nside 512 --seed 1
+        galray simulate survey --preset des-y6 --out data/des --n-injections 500000 --nside 256
     """
     from galray.datasets.simulate import SurveyConfig, simulate_survey
 
@@ -45,6 +57,7 @@ def _survey(args: argparse.Namespace) -> int:
         seed=args.seed,
         shard_rows=args.shard_rows,
         write_fits_maps=not args.no_fits_maps,
+        spec=args.spec or args.preset or "riz",
     )
     simulate_survey(args.out, cfg, overwrite=args.overwrite)
     return 0
