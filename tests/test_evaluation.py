@@ -153,6 +153,7 @@ def test_files_written(same):
         "detection_vs_true_mag.png",
         "detection_vs_depth.png",
         "obs_mag_hist.png",
+        "selection_vs_true_mag.png",
     }
     for name in report["tables"] + report["plots"]:
         assert (out / name).stat().st_size > 1000
@@ -191,7 +192,7 @@ def test_max_rows_subsamples_the_same_rows_deterministically(reference, truth, t
     a = ev.fidelity_report(reference, emulated, tmp_path / "a", max_rows=5000, plots=False)
     b = ev.fidelity_report(reference, emulated, tmp_path / "b", max_rows=5000, plots=False)
     assert a["n_rows"] == 5000
-    assert a == b
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe equality
     assert a["c2st_auc"] < 0.56  # the same rows of both frames: still indistinguishable
 
 
@@ -210,3 +211,28 @@ def test_frames_must_hold_the_same_rows(reference, tmp_path):
         ev.fidelity_report(reference, reference.sample(frac=1.0, random_state=0), tmp_path)
     with pytest.raises(DataError, match="too few"):
         ev.fidelity_report(reference.iloc[:10], reference.iloc[:10], tmp_path)
+
+
+def test_sizeless_catalog_runs(truth, tmp_path):
+    """No ``true_size`` anywhere: the legacy spec drops it and nothing else asks for it."""
+    sizeless = truth.drop(columns=["true_size"])
+    ref, emu = _measure(sizeless, 10), _measure(sizeless, 11)
+    report = ev.fidelity_report(ref, emu, tmp_path, max_rows=5000)
+    assert report["survey"] == "riz" and report["n_rows"] == 5000
+    assert report["ks_max"] < 0.05
+    assert abs(report["c2st_auc"] - 0.5) < 4 * report["c2st_auc_err"]
+    assert report["selected_fraction_ref"] == report["detection_fraction_ref"]  # "detected"
+    assert "nz_bins" not in report and "nz_by_bin.csv" not in report["tables"]
+    assert "selection_vs_true_mag.png" in report["plots"]
+    spec = ev.resolve_spec(None, None, ref)
+    assert "true_size" not in spec.input_columns
+    assert ev.c2st_features(ref, spec).shape == (N, 3 + 6 + 3 * 4 + 1)
+    with_size = ev.resolve_spec(None, None, truth)
+    assert ev.c2st_features(_measure(truth, 10), with_size).shape == (N, 3 + 1 + 6 + 3 * 4 + 1)
+
+
+def test_spec_and_bands_must_agree(reference, tmp_path):
+    spec = ev.resolve_spec(None, ("r", "i", "z"), reference)
+    assert ev.resolve_spec(spec, ("r", "i", "z"), reference) is spec
+    with pytest.raises(DataError, match="bands"):
+        ev.fidelity_report(reference, reference, tmp_path, spec=spec, bands=("g", "r"))

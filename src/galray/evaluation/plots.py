@@ -120,8 +120,76 @@ def magnitude_histograms(ref, emu, bands: Sequence[str], fig: Figure) -> None:
     axes[0].legend(fontsize=8)
 
 
-def fidelity_plots(ref, emu, bands: Sequence[str], tables: dict, out: Path) -> list[str]:
-    """Write the report's PNGs into ``out``; return their file names."""
+def selection_vs_true_mag(sel: pd.DataFrame, band: str, fig: Figure) -> None:
+    """Selected fraction vs true magnitude per depth bin (reference solid, emulated dashed,
+    binomial error bars), and the emulated - reference difference with its error below."""
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    groups = list(sel.groupby("depth_bin", sort=False))
+    cmap = colormaps["viridis"]
+    offset = 0.04  # mag: keep the two sides' error bars apart
+    for k, (depth_bin, t) in enumerate(groups):
+        color = cmap(k / max(len(groups) - 1, 1))
+        x = t.true_mag_centre.to_numpy()
+        top.errorbar(
+            x - offset,
+            t.ref_selected,
+            t.ref_err,
+            fmt="o-",
+            ms=3,
+            color=color,
+            label=f"depth {depth_bin}",
+        )
+        top.errorbar(x + offset, t.emu_selected, t.emu_err, fmt="s--", ms=3, color=color)
+        bottom.errorbar(x, t["diff"], t.diff_err, fmt="o", ms=3, color=color)
+    bottom.axhline(0.0, color="grey", lw=0.5)
+    top.set_ylabel("selected fraction\n(solid: reference, dashed: emulated)")
+    bottom.set_ylabel("emulated - reference")
+    bottom.set_xlabel(f"true {band} (AB)")
+    top.legend(fontsize=7)
+
+
+def redshift_histograms(redshift, fig: Figure, bins: int = 40) -> None:
+    """n(z) of the selected galaxies per tomographic bin, reference vs emulated (normalised
+    counts), with the mean redshifts marked and their difference in the title."""
+    table = redshift.table
+    axes = fig.subplots(1, len(table), sharex=True, squeeze=False)[0]
+    z = redshift.z
+    selected = (redshift.ref_bin >= 0) | (redshift.emu_bin >= 0)
+    lo, hi = _finite_range(z[selected] if selected.any() else z, 0.0, 100.0)
+    edges = np.linspace(lo, hi, bins + 1)
+    for ax, row in zip(axes, table.itertuples()):
+        for side, style in (("ref", REF_STYLE), ("emu", EMU_STYLE)):
+            values = z[getattr(redshift, f"{side}_bin") == row.bin]
+            if values.size:
+                ax.hist(values, edges, density=True, histtype="step", **style)
+            ax.axvline(
+                getattr(row, f"{side}_mean_z"),
+                color=style["color"],
+                linestyle=style["linestyle"],
+                lw=1,
+            )
+        ax.set_title(
+            f"bin {row.bin}: dz = {row.diff_mean_z:+.4f} +- {row.diff_mean_z_err:.4f}",
+            fontsize=8,
+        )
+        ax.set_xlabel("z")
+    axes[0].set_ylabel("n(z) of the selection (normalised)")
+    axes[0].legend(fontsize=7)
+
+
+def fidelity_plots(
+    ref,
+    emu,
+    bands: Sequence[str],
+    tables: dict,
+    out: Path,
+    *,
+    selection_band: str | None = None,
+    redshift=None,
+) -> list[str]:
+    """Write the report's PNGs into ``out``; return their file names.  ``selection_band``: the
+    band of ``tables["selection_by_bin"]``; ``redshift``: the report's
+    :class:`~galray.evaluation.selection.RedshiftBins`, if any."""
     det_band = "i" if "i" in bands else bands[0]
     det = tables["detection_by_bin"]
     figures = {}
@@ -146,6 +214,17 @@ def fidelity_plots(ref, emu, bands: Sequence[str], tables: dict, out: Path) -> l
             (4 * len(bands), 3.5),
         ),
     }
+    if "selection_by_bin" in tables:
+        band = selection_band or det_band
+        figures["selection_vs_true_mag.png"] = (
+            lambda fig: selection_vs_true_mag(tables["selection_by_bin"], band, fig),
+            (6, 6),
+        )
+    if redshift is not None and len(redshift.table):
+        figures["nz_by_bin.png"] = (
+            lambda fig: redshift_histograms(redshift, fig),
+            (3.2 * len(redshift.table), 3.5),
+        )
     written: list[str] = []
     for name, (draw, size) in figures.items():
         fig = Figure(figsize=size)
