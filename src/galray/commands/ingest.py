@@ -66,17 +66,8 @@ def _catalog(args: argparse.Namespace) -> int:
     """
     from galray.datasets.ingest_catalog import ingest_catalogs
 
-    ingest_catalogs(
-        args.sources,
-        args.out,
-        args.columns,
-        nside=args.nside,
-        ordering=args.ordering,
-        survey=args.survey,
-        deep=args.deep,
-        shard_rows=args.shard_rows,
-        overwrite=args.overwrite,
-    )
+    grid = {"nside": args.nside, "ordering": args.ordering, "deep": args.deep}
+    ingest_catalogs(args.sources, args.out, args.columns, **grid, **_shared(args))
     return 0
 
 
@@ -92,15 +83,13 @@ def _deep(args: argparse.Namespace) -> int:
     """
     from galray.datasets.ingest_catalog import ingest_deep
 
-    ingest_deep(
-        args.sources,
-        args.out,
-        args.columns,
-        survey=args.survey,
-        shard_rows=args.shard_rows,
-        overwrite=args.overwrite,
-    )
+    ingest_deep(args.sources, args.out, args.columns, **_shared(args))
     return 0
+
+
+def _shared(args: argparse.Namespace) -> dict:
+    """The options ``ingest catalog`` and ``ingest deep`` share."""
+    return {"survey": args.survey, "shard_rows": args.shard_rows, "overwrite": args.overwrite}
 
 
 def _maps(args: argparse.Namespace) -> int:

@@ -273,15 +273,8 @@ def simulate_survey(
 ) -> dict:
     """Write a synthetic survey of ``cfg.spec`` to ``out``: the ``riz`` preset with this
     module's simulator, any other spec with :mod:`galray.datasets.simulate_spec`.  Returns the
-    manifest.  Layout (built under a temporary name, renamed when complete)::
-
-        out/survey.json              the SurveySpec (SurveySpec.save)
-        out/simulation.json          manifest: config, counts, transfer-function constants
-        out/deep/part-00000.parquet  deep-field truth
-        out/maps/conditions.parquet  footprint pixels -> the spec's condition columns
-        out/maps/fits/*.fits         the same maps as partial healpy FITS files
-        out/injections/part-*.parquet
-    """
+    manifest.  The layout is :func:`~galray.datasets.simulate_base.write_survey`'s (survey.json,
+    simulation.json, deep/, maps/, injections/), built under a temporary name."""
     from galray.datasets.simulate_spec import SpecSurvey
     from galray.datasets.survey import load_spec
 

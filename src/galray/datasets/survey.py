@@ -23,9 +23,9 @@ A :class:`SurveySpec` names
 * ``tomography``: the observed quantity (an expression, e.g. ``mag_i`` or ``mag_r - mag_i``)
   whose quantiles split the selected galaxies into tomographic bins for the n(z) comparison.
 
-Specs are YAML files (``configs/surveys/*.yaml``; ``riz``, ``des-y6`` and ``lsst`` are
-presets), recorded in every simulated survey (``survey.json``) and every emulator bundle.  Every
-error names the spec field.
+Specs are YAML files (presets ``riz``, ``des-y6`` and ``lsst`` live in
+``src/galray/datasets/surveys/``), recorded in every simulated or ingested survey
+(``survey.json``) and every emulator bundle.  Every error names the spec field.
 """
 
 from __future__ import annotations

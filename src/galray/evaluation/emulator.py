@@ -86,6 +86,7 @@ from galray.evaluation.selection import (
     auc_bootstrap_error,
     bin_labels,
     depth_bins,
+    depth_mag_table,
     magnitude_bins,
     nz_summary,
     redshift_bins,
@@ -288,12 +289,7 @@ def detection_table(
     r = ref_p.groupby(keys, observed=True).agg(["count", "mean"])
     e = emu_p.groupby(keys, observed=True).mean()
     table = pd.DataFrame({"count": r["count"], "ref_detected": r["mean"], "emu_detected": e})
-    table = table.reset_index()
-    table.columns = ["depth_bin", "true_mag_bin", "count", "ref_detected", "emu_detected"]
-    table.insert(2, "depth_centre", [iv.mid for iv in table.depth_bin])
-    table.insert(3, "true_mag_centre", [iv.mid for iv in table.true_mag_bin])
-    table["depth_bin"] = bin_labels(table.depth_bin)
-    table["true_mag_bin"] = bin_labels(table.true_mag_bin)
+    table = depth_mag_table(table, "detected")
     table["diff"] = table.emu_detected - table.ref_detected
     # binomial noise of each side compared by outcomes; probabilities add none
     sides = (ref_src == "detected") + (emu_src == "detected")

@@ -52,6 +52,18 @@ def depth_bins(values, bins: int = DEPTH_BINS) -> np.ndarray:
     return edges if edges.size > 1 else np.array([edges[0] - 1e-6, edges[0] + 1e-6])
 
 
+def depth_mag_table(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    """A table grouped by (depth bin, true magnitude bin) with columns count, ref_<what> and
+    emu_<what>, flattened: the bins as labels beside their centres."""
+    table = table.reset_index()
+    table.columns = ["depth_bin", "true_mag_bin", "count", f"ref_{what}", f"emu_{what}"]
+    table.insert(2, "depth_centre", [iv.mid for iv in table.depth_bin])
+    table.insert(3, "true_mag_centre", [iv.mid for iv in table.true_mag_bin])
+    table["depth_bin"] = bin_labels(table.depth_bin)
+    table["true_mag_bin"] = bin_labels(table.true_mag_bin)
+    return table
+
+
 def bin_labels(index) -> list[str]:
     return [f"{iv.left:.2f}-{iv.right:.2f}" for iv in index]
 
@@ -104,12 +116,7 @@ def selection_table(
     grouped = outcomes.groupby(keys, observed=True)
     table = grouped.agg(count=("ref", "size"), ref_selected=("ref", "mean"))
     table["emu_selected"] = grouped["emu"].mean()
-    table = table.reset_index()
-    table.columns = ["depth_bin", "true_mag_bin", "count", "ref_selected", "emu_selected"]
-    table.insert(2, "depth_centre", [iv.mid for iv in table.depth_bin])
-    table.insert(3, "true_mag_centre", [iv.mid for iv in table.true_mag_bin])
-    table["depth_bin"] = bin_labels(table.depth_bin)
-    table["true_mag_bin"] = bin_labels(table.true_mag_bin)
+    table = depth_mag_table(table, "selected")
     n = table["count"].to_numpy(np.float64)
     for side in ("ref", "emu"):
         p = table[f"{side}_selected"]
