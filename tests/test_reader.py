@@ -425,7 +425,8 @@ def test_corrupt_data_page_raises_data_error_naming_file(ray_session, survey, tm
     catalog = write_catalog(tmp_path / "cat", survey["table"], shards=2)
     bad = catalog / "part-00001.parquet"
     chunk = (
-        pq.read_metadata(bad).row_group(0).column(list(schema.INJECTION_FIELDS).index("true_mag_r"))
+        # a measured column: the truth columns are read (and checked) when the catalog opens
+        pq.read_metadata(bad).row_group(0).column(list(schema.INJECTION_FIELDS).index("obs_flux_r"))
     )
     data = bytearray(bad.read_bytes())
     start = chunk.data_page_offset + chunk.total_compressed_size // 3
@@ -435,5 +436,5 @@ def test_corrupt_data_page_raises_data_error_naming_file(ray_session, survey, tm
     bad.write_bytes(bytes(data))
     training = TrainingCatalog(catalog, survey["maps"], max_outside_fraction=LOOSE)  # footer fine
     with pytest.raises(DataError) as info:
-        to_numpy(training.dataset("train"), ["true_mag_r"])
+        to_numpy(training.dataset("train"), ["obs_flux_r"])
     assert str(bad) in str(info.value)

@@ -110,3 +110,27 @@ def test_missing_spec_columns_name_the_file(tmp_path):
     assert str(tmp_path / "no_ebv.parquet") in str(info.value)
     with pytest.raises(ConfigError, match="bands"):
         TrainingCatalog(tmp_path / "cat", tmp_path / "maps.parquet", spec=SPEC, bands="riz")
+
+
+def test_a_nan_truth_value_is_refused_on_the_driver_naming_shard_column_and_count(tmp_path):
+    """A sentinel that ingest turned into NaN in a truth input stops the catalog before any Ray
+    work (it used to fail later in every training worker, after retries)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from galray.datasets.reader import TrainingCatalog
+    from galray.datasets.simulate import SurveyConfig, simulate_survey
+    from galray.errors import DataError
+
+    out = tmp_path / "survey"
+    cfg = SurveyConfig(n_injections=2000, n_deep=500, nside=16, seed=1, write_fits_maps=False)
+    simulate_survey(out, cfg, log=lambda *_: None)
+    shard = sorted((out / "injections").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    mags = table.column("true_mag_i").to_numpy().copy()
+    mags[[3, 7, 11]] = np.nan
+    table = table.set_column(table.schema.get_field_index("true_mag_i"), "true_mag_i", [mags])
+    pq.write_table(table, shard)
+    with pytest.raises(DataError, match=r"'true_mag_i' has 3 non-finite value") as info:
+        TrainingCatalog(out / "injections", out / "maps", max_outside_fraction=1.0)
+    assert shard.name in str(info.value) and "\n" not in str(info.value)

@@ -140,6 +140,7 @@ class TrainingCatalog:
             required = list(spec.truth_columns)
             conditions = read_condition_map(self.maps, columns=spec.condition_columns)
         self.columns, self._row_groups, grid = _check_shards(self.files, required, conditions)
+        check_finite(self.files, required)
         self.conditions = _on_grid(conditions, grid, self.catalog)
         self.footprint = count_outside(self.files, self.conditions, self.catalog)
         self.footprint.check(max_outside_fraction)
@@ -316,6 +317,25 @@ def count_outside(
         n_rows += pixels.size
         n_outside += int(pixels.size - np.count_nonzero(inside))
     return FootprintReport(str(catalog or files[0]), conditions.source, n_rows, n_outside)
+
+
+def check_finite(files: Sequence[Path], columns: Sequence[str]) -> None:
+    """Every truth input must be a number: a NaN (a sentinel ingest turned into NaN, a deep-field
+    galaxy unmeasured in one band) raises DataError naming the shard, the column and the count,
+    here on the driver rather than later in every training worker."""
+    for f in files:
+        try:
+            table = pq.read_table(f, columns=list(columns))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
+        for name in columns:
+            values = table.column(name).to_numpy(zero_copy_only=False)
+            bad = int(np.count_nonzero(~np.isfinite(values.astype(np.float64))))
+            if bad:
+                raise DataError(
+                    f"{f}: column {name!r} has {bad} non-finite value(s) (sentinels?); the "
+                    "emulator needs every truth input: drop those rows before training"
+                )
 
 
 def _read_pixels(path: Path) -> np.ndarray:
