@@ -3,7 +3,7 @@
     .venv/bin/python scripts/import_graph.py            # findings only
     .venv/bin/python scripts/import_graph.py --edges    # and every module's galray imports
     .venv/bin/python scripts/import_graph.py --areas    # and the area-to-area import counts
-    .venv/bin/python scripts/import_graph.py --src /tmp/old/src   # another checkout's tree
+    .venv/bin/python scripts/import_graph.py --src OTHER/src      # another checkout's tree
 
 Nothing of galray is imported: the graph comes from parsing the sources, with the rules and the
 layer table of tests/test_architecture.py (loaded from its path).  Exits 1 when a rule is broken.

@@ -21,6 +21,7 @@ from galray.datasets.ingest import load_column_map
 from galray.datasets.ingest_catalog import ingest_catalogs
 from galray.datasets.ingest_maps import ingest_maps, parse_map_spec
 from galray.errors import ConfigError, DataError, OutputExistsError
+from ingest_checks import fails as _fails
 
 NSIDE = 32
 COLUMN_MAP = """
@@ -356,18 +357,6 @@ def test_parse_map_spec():
 # --------------------------------------------------------------------------------------------
 # Bad input: the right error, naming the file and the column; no output left behind
 # --------------------------------------------------------------------------------------------
-
-
-def _fails(tmp_path: Path, run, exc: type[Exception], *needles: str) -> str:
-    out = tmp_path / "out"
-    with pytest.raises(exc) as info:
-        run(out)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
-    return message
 
 
 def _ingest(sources, cmap_text: str, tmp_path: Path):

@@ -19,6 +19,7 @@ from galray.datasets.conditions import read_condition_map
 from galray.datasets.ingest_maps import ingest_maps
 from galray.datasets.survey import load_spec
 from galray.errors import ConfigError, DataError
+from ingest_checks import fails as _fails
 
 NSIDE = 32
 SPEC_YAML = """
@@ -27,19 +28,6 @@ bands: [r, i]
 deep: {bands: [r, i]}
 conditions: {per_band: [psf_fwhm, depth], band_independent: [ebv]}
 """
-
-
-def _fails(tmp_path: Path, run, exc: type[Exception], *needles: str) -> str:
-    out = tmp_path / "out"
-    with pytest.raises(exc) as info:
-        run(out)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    assert "\n" not in message
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
-    return message
 
 
 def _map_file(path: Path, nside: int = NSIDE, value: float = 1.0, partial: bool = False) -> str:

@@ -11,7 +11,6 @@ import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from astropy.table import Table
 
 from galray.cli import main
@@ -19,6 +18,7 @@ from galray.datasets.ingest import load_column_map
 from galray.datasets.ingest_catalog import ingest_catalogs, ingest_deep
 from galray.datasets.survey import load_spec
 from galray.errors import ConfigError, DataError
+from ingest_checks import fails as _fails
 
 ROOT = Path(__file__).resolve().parents[1]
 Y6_MAP = ROOT / "configs" / "columns" / "des_y6_example.yaml"
@@ -121,18 +121,6 @@ def _assert_equal(table: pa.Table, expected: dict[str, np.ndarray]) -> None:
     for name, values in expected.items():
         got = table[name].to_numpy()
         np.testing.assert_array_equal(got, values, err_msg=name)
-
-
-def _fails(tmp_path: Path, run, exc: type[Exception], *needles: str) -> str:
-    out = tmp_path / "out"
-    with pytest.raises(exc) as info:
-        run(out)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    assert "\n" not in message and not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
-    return message
 
 
 # --------------------------------------------------------------------------------------------

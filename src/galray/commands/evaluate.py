@@ -57,7 +57,6 @@ def _emulator(args: argparse.Namespace) -> int:
     catalog = TrainingCatalog(
         catalog_path, maps, spec=emulator.spec, max_outside_fraction=1.0, **split
     )
-    catalog.spec = emulator.spec
     init_ray()
     import ray.data
 

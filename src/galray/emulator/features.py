@@ -111,11 +111,6 @@ class EmulatorFeatures:
     flag_values: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ construction
-    @staticmethod
-    def cond_columns(bands: Sequence[str], use_size: bool) -> list[str]:
-        """The input columns of the legacy spec of ``bands`` (and ``true_size``)."""
-        return legacy_spec(list(bands), use_size).input_columns
-
     @cached_property
     def spec(self) -> SurveySpec:
         if self.survey is None:

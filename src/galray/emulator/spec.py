@@ -60,7 +60,7 @@ def open_catalog(cfg: EmulatorTrainConfig):
     from galray.datasets.reader import TrainingCatalog
 
     spec = spec_for_catalog(cfg.data.spec, cfg.data.catalog, use_size=cfg.data.use_size)
-    catalog = TrainingCatalog(
+    return TrainingCatalog(
         cfg.data.catalog,
         cfg.data.maps,
         spec=spec,
@@ -68,8 +68,6 @@ def open_catalog(cfg: EmulatorTrainConfig):
         salt=cfg.data.salt,
         max_outside_fraction=cfg.data.max_outside_fraction,
     )
-    catalog.spec = spec
-    return catalog
 
 
 def _log_data(catalog) -> None:

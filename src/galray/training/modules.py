@@ -9,6 +9,7 @@ updates are free of host synchronisation, so they can be captured in a CUDA grap
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -137,7 +138,7 @@ def optimizer_step(
     optimizer.step()
 
 
-class TrainingState:
+class TrainingState(ABC):
     """Base of a product's networks and optimisers: named parts saved and restored together,
     an :class:`EMA` of the generator, learning rates and metric sums.
 
@@ -155,8 +156,9 @@ class TrainingState:
         self.rates = LearningRates(optimizers)
         self.metrics = MetricSums(metric_names, next(generator.parameters()).device)
 
+    @abstractmethod
     def parts(self) -> dict[str, nn.Module | torch.optim.Optimizer | None]:
-        raise NotImplementedError
+        """Name -> module or optimiser saved and restored (``None`` for an absent one)."""
 
     @property
     def ema_generator(self) -> nn.Module:
