@@ -11,6 +11,8 @@ Which to raise:
   not resolve.
 * :class:`OutputExistsError` -- an output directory holds another run's results and neither
   overwrite nor resume was asked for.
+* :class:`OutputError` -- the output cannot be written (disk full, quota, read-only file system).
+  Name the output; say that nothing partial was left and what was kept.
 
 All derive from :class:`GalrayError`, so ``except GalrayError`` catches every user-facing error.
 """
@@ -40,3 +42,7 @@ class ModelNotFoundError(GalrayError, LookupError):
 
 class OutputExistsError(GalrayError, FileExistsError):
     """The output location already holds results of another run."""
+
+
+class OutputError(GalrayError, OSError):
+    """Writing the output failed (no space left, quota, read-only); nothing partial is left."""
