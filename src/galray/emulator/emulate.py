@@ -5,10 +5,14 @@ The work is cut into *shards* fixed by the inputs alone: realization ``k`` x dee
 positions and the emulator's noise from ``SeedSequence([seed, k, j])`` and is written to its own
 Parquet file, ``part-r{k:04d}-c{j:05d}.parquet``, under a temporary name renamed when complete.
 So the output is identical whatever the number of workers or the order shards run in, a rerun
-with ``resume`` does exactly the missing shards, and a killed run never leaves a half file.
+with ``resume`` does exactly the missing or damaged shards, and a killed run never leaves a half
+file.  Where emulation may write, what its manifest records and how a resume checks the shards on
+disk: :mod:`galray.emulator.manifest`; the model's identity and how workers get it:
+:mod:`galray.emulator.model_source`; input checks: :mod:`galray.emulator.inputs`.
 
 The pipeline is Ray Data: a dataset of pending shard specs -> ``map_batches`` on an actor pool
-(GPU actors when GPUs exist, else CPU actors) whose actors load the model once and hold
+(GPU actors when GPUs exist, else CPU actors) whose actors load the model once (its files come
+through the object store) and hold
 the deep catalog and the condition map (shared through the object store) -> one summary row per
 shard, streamed back to the driver for the progress bar.
 
@@ -24,7 +28,9 @@ whose centre is the position (granularity ~0.003 arcsec x (4096 / nside)).
 
 from __future__ import annotations
 
-import json
+import errno
+import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,16 +42,22 @@ import pyarrow.parquet as pq
 
 from galray.config import require
 from galray.datasets.conditions import ConditionMap, read_condition_map
-from galray.datasets.survey import SurveySpec
-from galray.errors import DataError, OutputExistsError
-from galray.io import atomic_path, parquet_files, read_parquet, read_parquet_schema
+from galray.emulator.inputs import check_model_against_maps, load_deep, load_positions
+from galray.emulator.manifest import MANIFEST, Output, prepare_output, verify_shards
+from galray.emulator.model_source import bundle_files, resolve_model, write_bundle
+from galray.errors import GalrayError
+from galray.io import atomic_path
 
-MANIFEST = "_emulation.json"  # leading "_": pyarrow and Ray Data skip it when reading the dir
+__all__ = ["MANIFEST", "PARQUET_WRITE", "EmulateConfig", "emulate", "plan_shards"]
+
 SAMPLE_BLOCK = 65_536  # rows per model call inside a shard: fixed, so outputs never depend on it
 SUBPIXEL_ORDER = 10
 # Dictionary encoding is the default and costs ~3x the write time on high-cardinality floats
 # (positions, fluxes) for no size gain; zstd alone compresses as well.
-PARQUET_WRITE = {"compression": "zstd", "use_dictionary": False}
+# Page checksums let a resume find a corrupt data page in a shard the manifest has no record of.
+PARQUET_WRITE = {"compression": "zstd", "use_dictionary": False, "write_page_checksum": True}
+FAULT_ENV = "GALRAY_EMULATE_FAULT"  # tests: "driver:N" (kill after N shards), "enospc" (disk full)
+SAVE_EVERY_S = 2.0  # how often the manifest records finished shards during a run
 
 
 @dataclass
@@ -93,72 +105,6 @@ class Shard:
     @property
     def name(self) -> str:
         return f"part-r{self.realization:04d}-c{self.chunk:05d}.parquet"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def load_deep(path: str | Path, spec: SurveySpec) -> dict[str, np.ndarray]:
-    """The deep catalog's ``id`` and the truth columns the emulator needs (and the spec's
-    redshift column when every shard has it, carried into the output); DataError naming the
-    file and column."""
-    columns = ["id", *spec.truth_columns]
-    redshift = spec.deep.redshift
-    for f in parquet_files(path):
-        names = read_parquet_schema(f).names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise DataError(f"{f}: deep catalog lacks column(s) {missing} needed by the model")
-        redshift = redshift if redshift in names else None
-    columns += [redshift] if redshift else []
-    table = read_parquet(path, columns)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: deep catalog is empty")
-    out = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
-    for c in columns[1:]:
-        if not np.isfinite(out[c]).all():
-            raise DataError(f"{path}: column {c} has non-finite values")
-    return out
-
-
-def load_positions(path: str | Path, cmap: ConditionMap, n_deep: int) -> dict[str, np.ndarray]:
-    """Given positions: ra/dec (deg), their pixel and deep galaxy; off-footprint rows dropped."""
-    table = read_parquet(path)
-    for c in ("ra", "dec"):
-        if c not in table.column_names:
-            raise DataError(f"{path}: positions lack column {c!r}")
-    ra, dec = table["ra"].to_numpy(), table["dec"].to_numpy()
-    if "deep_id" in table.column_names:
-        deep_idx = table["deep_id"].to_numpy().astype(np.int64)
-        if deep_idx.min() < 0 or deep_idx.max() >= n_deep:
-            raise DataError(f"{path}: deep_id outside the deep catalog's {n_deep} rows")
-    else:
-        deep_idx = np.arange(ra.size, dtype=np.int64) % n_deep
-    pixel = hp.ang2pix(cmap.nside, ra, dec, lonlat=True, nest=cmap.ordering == "NESTED")
-    rows, inside = cmap.index(pixel)
-    if not inside.any():
-        raise DataError(f"{path}: no position falls on the footprint of {cmap.source}")
-    return {
-        "ra": ra[inside],
-        "dec": dec[inside],
-        "pixel": pixel[inside].astype(np.int64),
-        "map_row": rows[inside],
-        "deep_index": deep_idx[inside],
-        "n_outside": np.int64((~inside).sum()),
-    }
-
-
-def check_model_against_maps(emulator, cmap: ConditionMap, maps: str) -> None:
-    """The maps must carry the model's conditions, and its training nside/ordering if
-    recorded."""
-    missing = [c for c in emulator.spec.condition_columns if c not in cmap.columns]
-    if missing:
-        raise DataError(f"{maps}: condition map lacks {missing} that the model's survey needs")
-    trained = emulator.info.get("maps", {})
-    for key, have in (("nside", cmap.nside), ("ordering", cmap.ordering)):
-        want = trained.get(key)
-        if want is not None and want != have:
-            raise DataError(f"{maps}: {key} {have} differs from the model's training maps ({want})")
 
 
 # --------------------------------------------------------------------------- one shard
@@ -220,31 +166,54 @@ def emulate_shard(
     return pa.table(cols)
 
 
-class ShardWriter:
-    """Ray Data actor: loads the emulator once, emulates and writes whole shards."""
+def write_shard(table: pa.Table, path: Path, fault: str = "") -> tuple[int, str]:
+    """Write a shard atomically (temporary name, fsync, rename): (bytes, SHA-256 of them).  An
+    OSError (a full disk) leaves nothing behind and is re-raised naming ``path``.  ``fault``
+    ``"enospc"``: the write fails half-way, as on a full disk (tests)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_WRITE)
+    data = memoryview(sink.getvalue())
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            if fault == "enospc":
+                f.write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    return len(data), digest
 
-    def __init__(self, model_path: str, deep_ref, cmap_ref, positions_ref, seed: int, out: str):
+
+class ShardWriter:
+    """Ray Data actor: loads the emulator once (from its files in the object store, so any
+    node can run it), emulates and writes whole shards."""
+
+    def __init__(
+        self, bundle_ref, deep_ref, cmap_ref, positions_ref, seed: int, out: str, fault=""
+    ):
+        import tempfile
+
         import ray
         import torch
 
         from galray.emulator.bundle import Emulator
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.emulator = Emulator.load(model_path, device=device)
+        with tempfile.TemporaryDirectory(prefix="galray-model-") as tmp:
+            path = write_bundle(ray.get(bundle_ref), Path(tmp))
+            self.emulator = Emulator.load(path, device=device)
         self.deep, self.cmap = ray.get(deep_ref), ray.get(cmap_ref)
         self.positions = ray.get(positions_ref) if positions_ref is not None else None
-        self.seed, self.out = seed, Path(out)
+        self.seed, self.out, self.fault = seed, Path(out), fault
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import resource
 
-        summary: dict[str, list] = {
-            "name": [],
-            "rows": [],
-            "detected": [],
-            "seconds": [],
-            "rss_mb": [],
-        }
+        keys = ("name", "rows", "detected", "bytes", "sha256", "seconds", "rss_mb")
+        summary: dict[str, list] = {k: [] for k in keys}
         for k, c, a, z in zip(batch["realization"], batch["chunk"], batch["start"], batch["stop"]):
             shard = Shard(int(k), int(c), int(a), int(z))
             t0 = time.perf_counter()
@@ -253,17 +222,23 @@ class ShardWriter:
             )
             summary["rows"].append(table.num_rows)
             summary["detected"].append(int(np.asarray(table["detected"]).sum()))
-            with atomic_path(self.out / shard.name) as tmp:
-                pq.write_table(table, tmp, **PARQUET_WRITE)
+            size, digest = write_shard(table, self.out / shard.name, self.fault)
             del table
             pa.default_memory_pool().release_unused()  # keep the actor's footprint flat over shards
             summary["name"].append(shard.name)
+            summary["bytes"].append(size)
+            summary["sha256"].append(digest)
             summary["seconds"].append(time.perf_counter() - t0)
             summary["rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {k: np.asarray(v) for k, v in summary.items()}
 
 
 # --------------------------------------------------------------------------- the run
+
+
+class InjectedKill(BaseException):
+    """Raised by the ``GALRAY_EMULATE_FAULT=driver:N`` fault hook after N shards: like a kill,
+    it skips every clean-up (a BaseException, so ``except Exception`` does not catch it)."""
 
 
 def plan_shards(n_rows: int, realizations: int, chunk_rows: int) -> list[Shard]:
@@ -274,20 +249,10 @@ def plan_shards(n_rows: int, realizations: int, chunk_rows: int) -> list[Shard]:
     ]
 
 
-def _resolve_model(uri: str) -> Path:
-    """A local bundle directory as is (no MLflow needed); anything else through MLflow."""
-    path = Path(uri)
-    if (path / "emulator.json").is_file():
-        return path.resolve()
-    from galray.emulator.registry import resolve_emulator_uri
-
-    return resolve_emulator_uri(uri)
-
-
-def _identity(cfg: EmulateConfig, model_path: Path, n_rows: int) -> dict:
+def _identity(cfg: EmulateConfig, model: str, n_rows: int) -> dict:
     """What a run's output depends on; a resumed run must match it exactly."""
     return {
-        "model": str(model_path),
+        "model": model,
         "deep": str(Path(cfg.deep).resolve()),
         "maps": str(Path(cfg.maps).resolve()),
         "positions": str(Path(cfg.positions).resolve()) if cfg.positions else None,
@@ -298,113 +263,135 @@ def _identity(cfg: EmulateConfig, model_path: Path, n_rows: int) -> dict:
     }
 
 
-def _prepare_output(cfg: EmulateConfig, identity: dict) -> None:
-    """Refuse to mix runs: an output holding another run's shards needs --resume or --overwrite."""
-    out = Path(cfg.out)
-    manifest = out / MANIFEST
-    existing = sorted(p.name for p in out.glob("part-*.parquet")) if out.is_dir() else []
-    if cfg.overwrite and out.is_dir():
-        for name in [*existing, MANIFEST]:
-            (out / name).unlink(missing_ok=True)
-    elif existing or manifest.exists():
-        if not cfg.resume:
-            raise OutputExistsError(
-                f"{out}: holds {len(existing)} shard(s) of an emulation run; pass --resume to "
-                "finish it or --overwrite to replace it"
-            )
-        if not manifest.exists():
-            raise OutputExistsError(
-                f"{out}: shards without {MANIFEST}: not a galray emulation output"
-            )
-        previous = json.loads(manifest.read_text())["identity"]
-        for key, value in identity.items():
-            if previous.get(key) != value:
-                raise OutputExistsError(
-                    f"{out}: cannot resume: {key} was {previous.get(key)!r}, now {value!r}"
-                )
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(manifest) as tmp:
-        tmp.write_text(json.dumps({"identity": identity, "complete": False}, indent=2))
-
-
 def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
-    """Run (or resume) an emulation; returns the summary also written to ``_emulation.json``."""
+    """Run (or resume) an emulation; returns the summary also written to ``_emulation.json``.
+
+    Every input is checked and the output directory claimed (:mod:`galray.emulator.manifest`)
+    before Ray starts.  A failure writing a shard (a full disk) raises GalrayError naming it;
+    nothing partial is left and ``resume`` finishes the run."""
+    from galray.emulator.bundle import Emulator
+
+    t0 = time.perf_counter()
+    model = resolve_model(cfg.model, log=log)  # ModelNotFoundError before anything is written
+    emulator = Emulator.load(model.path)
+    cmap = read_condition_map(cfg.maps, columns=emulator.spec.condition_columns)
+    check_model_against_maps(emulator, cmap, cfg.maps)
+    deep = load_deep(cfg.deep, emulator.spec)
+    positions = load_positions(cfg.positions, cmap, deep["id"]) if cfg.positions else None
+    n_rows = len(positions["ra"]) if positions is not None else len(deep["id"])
+    identity = _identity(cfg, model.identity, n_rows)
+    output = prepare_output(
+        cfg.out, identity, overwrite=cfg.overwrite, resume=cfg.resume, source=model.source, log=log
+    )
+    shards = plan_shards(n_rows, cfg.realizations, cfg.chunk_rows)
+    if cfg.resume:
+        verify_shards(output, shards, log)
+        output.save()
+    pending = [s for s in shards if s.name not in output.records]
+    log(
+        f"emulating {n_rows * cfg.realizations:,} rows in {len(shards)} shard(s); "
+        f"{len(shards) - len(pending)} already done"
+    )
+    if positions is not None and positions["n_outside"]:
+        log(f"{cfg.positions}: dropped {int(positions['n_outside']):,} positions off the footprint")
+    try:
+        peak_rss = _run(cfg, output, pending, len(shards), model, deep, cmap, positions, progress)
+    except Exception as exc:
+        output.save()  # the shards finished so far stay usable by --resume
+        output.discard()
+        failed = _write_error(exc)
+        if failed is None:
+            raise
+        raise GalrayError(
+            f"{failed.filename}: cannot write the shard: {failed.strerror}; no partial shard was "
+            "left" + (" (--resume finishes the run)" if not output.staged else "")
+        ) from exc
+    return _finish(output, shards, time.perf_counter() - t0, peak_rss, log)
+
+
+def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress) -> float:
+    """Emulate the ``pending`` shards on a Ray Data actor pool; the largest worker's peak
+    resident memory, MB.  Records each finished shard in the manifest (saved every few s)."""
+    if not pending:
+        return 0.0
     import ray
     import ray.data
     from tqdm import tqdm
 
-    from galray.emulator.bundle import Emulator
     from galray.training.ray_env import init_ray
 
-    t0 = time.perf_counter()
-    model_path = _resolve_model(cfg.model)  # ModelNotFoundError before anything is written
-    emulator = Emulator.load(model_path)
-    cmap = read_condition_map(cfg.maps, columns=emulator.spec.condition_columns)
-    check_model_against_maps(emulator, cmap, cfg.maps)
-    deep = load_deep(cfg.deep, emulator.spec)
-    positions = load_positions(cfg.positions, cmap, len(deep["id"])) if cfg.positions else None
-    n_rows = len(positions["ra"]) if positions is not None else len(deep["id"])
-    identity = _identity(cfg, model_path, n_rows)
-    _prepare_output(cfg, identity)
-
-    shards = plan_shards(n_rows, cfg.realizations, cfg.chunk_rows)
-    done = {p.name for p in Path(cfg.out).glob("part-*.parquet")}
-    pending = [s for s in shards if s.name not in done]
-    log(
-        f"emulating {n_rows * cfg.realizations:,} rows in {len(shards)} shard(s); {len(shards) - len(pending)} already done"
+    fault = os.environ.get(FAULT_ENV, "")
+    kill_after = int(fault.split(":")[1]) if fault.startswith("driver:") else None
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = cfg.workers or max(1, cpus - 1 if gpus else cpus)
+    specs = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
+    results = specs.map_batches(
+        ShardWriter,
+        fn_constructor_kwargs={
+            "bundle_ref": ray.put(bundle_files(model.path)),
+            "deep_ref": ray.put(deep),
+            "cmap_ref": ray.put(cmap),
+            "positions_ref": ray.put(positions) if positions is not None else None,
+            "seed": cfg.seed,
+            "out": str(output.work.resolve()),
+            "fault": fault,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        num_gpus=gpus / workers if gpus else 0,
+        num_cpus=1,
     )
-    if positions is not None and positions["n_outside"]:
-        log(f"{cfg.positions}: dropped {int(positions['n_outside']):,} positions off the footprint")
-
-    peak_rss = 0.0  # the largest worker's peak resident memory, MB
-    if pending:
-        init_ray()
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = cfg.workers or max(1, cpus - 1 if gpus else cpus)
-        specs = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
-        results = specs.map_batches(
-            ShardWriter,
-            fn_constructor_kwargs={
-                "model_path": str(model_path),
-                "deep_ref": ray.put(deep),
-                "cmap_ref": ray.put(cmap),
-                "positions_ref": ray.put(positions) if positions is not None else None,
-                "seed": cfg.seed,
-                "out": str(Path(cfg.out).resolve()),
-            },
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            num_gpus=gpus / workers if gpus else 0,
-            num_cpus=1,
-        )
-        bar = tqdm(
-            total=len(shards),
-            initial=len(shards) - len(pending),
-            unit="shard",
-            disable=not progress,
-        )
-        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-            bar.update(len(batch["name"]))
-            peak_rss = max(peak_rss, float(batch["rss_mb"].max()))
-        bar.close()
-    return _finish(cfg, identity, shards, time.perf_counter() - t0, peak_rss, log)
+    bar = tqdm(total=n_shards, initial=n_shards - len(pending), unit="shard", disable=not progress)
+    peak_rss, done, saved = 0.0, 0, time.monotonic()
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, name in enumerate(batch["name"]):
+            output.records[str(name)] = {
+                "rows": int(batch["rows"][i]),
+                "bytes": int(batch["bytes"][i]),
+                "detected": int(batch["detected"][i]),
+                "sha256": str(batch["sha256"][i]),
+            }
+        bar.update(len(batch["name"]))
+        peak_rss = max(peak_rss, float(batch["rss_mb"].max()))
+        done += len(batch["name"])
+        if kill_after is not None and done >= kill_after:
+            raise InjectedKill(f"{FAULT_ENV}={fault}: driver killed after {done} shard(s)")
+        if time.monotonic() - saved > SAVE_EVERY_S:
+            output.save()
+            saved = time.monotonic()
+    bar.close()
+    return peak_rss
 
 
-def _finish(
-    cfg: EmulateConfig, identity: dict, shards: list[Shard], seconds: float, peak_rss: float, log
-) -> dict:
-    out = Path(cfg.out)
-    rows = detected = 0
-    for shard in shards:
-        meta = pq.read_metadata(out / shard.name)
-        rows += meta.num_rows
-        detected += int(
-            pq.read_table(out / shard.name, columns=["detected"])["detected"].to_numpy().sum()
-        )
+def _write_error(exc: BaseException) -> OSError | None:
+    """The OSError (with a file name) behind a failure in a Ray worker, if that is what it was."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno and exc.filename:
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
+
+
+def _finish(output: Output, shards: list[Shard], seconds: float, peak_rss: float, log) -> dict:
+    """Certify the run: every planned shard recorded (rows, bytes, checksum), then the
+    manifest marked complete and a staged run swapped in."""
+    missing = [s for s in shards if s.name not in output.records]
+    if missing:  # written but not reported (cannot happen short of a bug): check them
+        verify_shards(output, shards, log)
+        missing = [s.name for s in shards if s.name not in output.records]
+        if missing:
+            raise GalrayError(
+                f"{output.work}: shard(s) {missing[:3]} missing at the end of the run"
+            )
+    rows = sum(output.records[s.name]["rows"] for s in shards)
+    detected = sum(output.records[s.name]["detected"] for s in shards)
     summary = {
-        "identity": identity,
+        "identity": output.identity,
         "complete": True,
         "rows": rows,
         "detected": detected,
@@ -414,10 +401,10 @@ def _finish(
         "rows_per_second": rows / max(seconds, 1e-9),
         "peak_worker_rss_mb": round(peak_rss, 1),
     }
-    with atomic_path(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    output.save(**summary)
+    output.commit()
     log(
         f"wrote {rows:,} rows ({detected / max(rows, 1):.1%} detected) in {len(shards)} shard(s) "
-        f"to {out} in {seconds:.1f} s ({summary['rows_per_second']:,.0f} rows/s)"
+        f"to {output.out} in {seconds:.1f} s ({summary['rows_per_second']:,.0f} rows/s)"
     )
     return summary

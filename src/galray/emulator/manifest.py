@@ -1,0 +1,233 @@
+"""Where ``galray emulate`` may write, and which of its shards it trusts on resume.
+
+**Ownership.**  Emulation writes only into a directory it owns -- one holding its manifest,
+``_emulation.json`` -- or into a new or empty one; anything else is refused, ``--overwrite``
+included.  ``--overwrite`` never deletes up front: the new run is built in a hidden sibling
+directory (``.NAME.tmp-XXXXXXXX``) and swapped in only once complete, so a run killed on the way
+leaves the old output as it was.  A directory is replaced only if it holds nothing but emulation
+files (shards, manifest, emulation temporaries).
+
+**Content-verified resume.**  The manifest records, per finished shard, its rows, bytes, detected
+count and the SHA-256 of its bytes.  On ``--resume`` each shard on disk is checked against its
+record (size, checksum, Parquet footer, row count); a shard written but not yet recorded (the run
+died between the two) is read in full with Parquet page checksums verified.  A shard failing any
+check is deleted and redone, with one line saying why.  Temporaries of killed writers
+(``.part-…parquet.tmp-XXXXXXXX``) are removed; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from galray.errors import OutputExistsError
+from galray.io import write_json
+
+MANIFEST = "_emulation.json"  # leading "_": pyarrow and Ray Data skip it when reading the dir
+FORMAT = "galray.emulation"
+VERSION = 2
+SHARD_NAME = re.compile(r"part-r\d{4}-c\d{5}\.parquet")
+# what io.atomic_path names the temporaries of a shard or of the manifest
+TEMP_NAME = re.compile(r"\.(part-r\d{4}-c\d{5}\.parquet|_emulation\.json)\.tmp-[0-9a-f]{8}")
+
+
+def _staging_name(out: Path) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(out.name)}\.tmp-[0-9a-f]{{8}}")
+
+
+@dataclass
+class Output:
+    """An emulation's output: ``out`` (where it ends up), ``work`` (where shards are written:
+    ``out`` itself, or a hidden sibling swapped in at the end when ``staged``), the manifest's
+    identity and its records of finished shards (name -> rows, bytes, detected, sha256)."""
+
+    out: Path
+    work: Path
+    staged: bool
+    identity: dict
+    source: str | None = None
+    records: dict[str, dict] = field(default_factory=dict)
+
+    def save(self, **summary) -> None:
+        """Write the manifest (atomically) into the work directory."""
+        manifest = {"format": FORMAT, "version": VERSION, "identity": self.identity}
+        manifest |= {"model_source": self.source, "complete": False, **summary}
+        manifest["shard_records"] = dict(sorted(self.records.items()))
+        write_json(manifest, self.work / MANIFEST)
+
+    def commit(self) -> None:
+        """Swap a staged run in for the old output (which must still hold only emulation
+        files); no-op when the run was written in place."""
+        if not self.staged:
+            return
+        _refuse_foreign(self.out)
+        old = self.out.with_name(f".{self.out.name}.tmp-{os.urandom(4).hex()}")
+        os.replace(self.out, old)
+        os.replace(self.work, self.out)
+        self.work = self.out
+        shutil.rmtree(old)
+
+    def discard(self) -> None:
+        """Remove a staged run's directory (after a failure; the old output stays)."""
+        if self.staged and self.work.exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def read_manifest(out: Path) -> dict | None:
+    """``out``'s manifest if ``out`` is an emulation output (a readable manifest with an
+    identity), else None."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "identity" in manifest else None
+
+
+def prepare_output(
+    out: str | os.PathLike,
+    identity: dict,
+    *,
+    overwrite: bool,
+    resume: bool,
+    source: str | None = None,
+    log=print,
+) -> Output:
+    """Check that emulation may write to ``out`` and set up where it writes (see the module
+    docstring); OutputExistsError naming ``out`` otherwise.  Nothing is deleted but stale
+    temporaries of emulation itself."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory; --out must be a directory")
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        out.mkdir(parents=True, exist_ok=True)
+        output = Output(out, out, False, identity, source)
+        output.save()
+        return output
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise OutputExistsError(
+            f"{out}: not empty and not a galray emulation output (no readable {MANIFEST}); "
+            "emulate writes only to a new or empty directory or to its own output"
+        )
+    shards = [p for p in entries if SHARD_NAME.fullmatch(p.name)]
+    if overwrite:
+        _refuse_foreign(out)
+        _remove_stale_staging(out, log)
+        work = out.with_name(f".{out.name}.tmp-{os.urandom(4).hex()}")
+        work.mkdir()
+        output = Output(out, work, True, identity, source)
+        output.save()
+        return output
+    if not resume:
+        raise OutputExistsError(
+            f"{out}: holds {len(shards)} shard(s) of an emulation run; pass --resume to finish "
+            "it or --overwrite to replace it"
+        )
+    previous = manifest["identity"]
+    for key, value in identity.items():
+        if previous.get(key) != value:
+            raise OutputExistsError(
+                f"{out}: cannot resume: {key} was {previous.get(key)!r}, now {value!r}"
+            )
+    stale = [p for p in entries if TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log(f"{out}: removed {len(stale)} temporary file(s) left by a killed run")
+    records = manifest.get("shard_records")
+    records = records if isinstance(records, dict) else {}
+    output = Output(out, out, False, identity, source, dict(records))
+    return output
+
+
+def _is_ours(name: str) -> bool:
+    return name == MANIFEST or bool(SHARD_NAME.fullmatch(name) or TEMP_NAME.fullmatch(name))
+
+
+def _refuse_foreign(out: Path) -> None:
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise OutputExistsError(
+            f"{out}: holds {foreign[0]!r}{more}, which emulate did not write; --overwrite "
+            "replaces the whole directory: move them or choose another --out"
+        )
+
+
+def _remove_stale_staging(out: Path, log) -> None:
+    """Staging directories of overwrites that were killed (holding only emulation files)."""
+    pattern = _staging_name(out)
+    for p in out.parent.iterdir() if out.parent.is_dir() else []:
+        if pattern.fullmatch(p.name) and p.is_dir() and (p / MANIFEST).is_file():
+            if all(_is_ours(q.name) for q in p.iterdir()):
+                shutil.rmtree(p, ignore_errors=True)
+                log(f"{p}: removed the unfinished output of a killed --overwrite run")
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_shard(path: Path, rows: int, record: dict | None) -> tuple[dict | None, str | None]:
+    """(record, None) for a complete, intact shard of ``rows`` rows; (None, what is wrong)
+    otherwise.  ``record``: the manifest's record of the shard, or None if it has none (then
+    every data page is read and its checksum verified)."""
+    size = path.stat().st_size
+    if size == 0:
+        return None, "empty file"
+    if record is not None:
+        if size != record.get("bytes"):
+            return None, f"{size} bytes, the manifest recorded {record.get('bytes')} (truncated)"
+        if file_sha256(path) != record.get("sha256"):
+            return None, "content differs from the manifest's checksum (corrupt)"
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"unreadable Parquet footer ({_first_line(exc)})"
+    if meta.num_rows != rows:
+        return None, f"{meta.num_rows} rows, expected {rows}"
+    if record is not None:
+        return record, None
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        detected = int(table["detected"].to_numpy(zero_copy_only=False).sum())
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        return None, f"unreadable data ({_first_line(exc)})"
+    return {"rows": rows, "bytes": size, "detected": detected, "sha256": file_sha256(path)}, None
+
+
+def verify_shards(output: Output, shards, log=print) -> None:
+    """Keep in ``output.records`` only the shards on disk that pass :func:`check_shard`;
+    delete the others (they are redone) with one line each."""
+    verified = {}
+    for shard in shards:
+        path = output.work / shard.name
+        if not path.exists():
+            continue
+        record, problem = check_shard(
+            path, shard.stop - shard.start, output.records.get(shard.name)
+        )
+        if problem:
+            log(f"{path}: {problem}; redoing it")
+            path.unlink()
+        else:
+            verified[shard.name] = record
+    output.records = verified
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
