@@ -34,6 +34,7 @@ from galray.datasets import schema
 from galray.datasets.ingest import ColumnMap, ColumnSpec, check_nside, load_column_map
 from galray.datasets.ingest_deep import DeepTable
 from galray.datasets.ingest_sources import expand_sources, open_source
+from galray.datasets.ingest_values import UniqueIds, check_integer_range, output_errors
 from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
 from galray.io import atomic_directory, write_parquet
@@ -93,6 +94,7 @@ def _convert(
             f"{path}: column {spec.source!r} (for {spec.name}) holds non-integer values, "
             f"e.g. {data[bad][0].item()!r}"
         )
+    check_integer_range(data, missing, out, f"{path}: column {spec.source!r} (for {spec.name})")
     values = np.where(missing, 0, data).astype(out.to_pandas_dtype())
     return pa.array(values, mask=missing, type=out), missing
 
@@ -229,6 +231,7 @@ class _Job:
     schema: pa.Schema
     required: tuple[str, ...]
     deep: DeepTable | None = None
+    ids: UniqueIds = field(default_factory=lambda: UniqueIds("id"))
 
 
 def _required_rows(
@@ -280,6 +283,7 @@ def _chunk_table(
             summary.deep_missing_ids.append(np.unique(deep_ids[~found]))
         columns.update(job.deep.take(rows))
     summary.rows_kept += len(columns["id"])
+    job.ids.add(columns["id"].to_numpy(zero_copy_only=False))
     return pa.Table.from_arrays([columns[n] for n in job.schema.names], schema=job.schema)
 
 
@@ -297,6 +301,7 @@ def _ingest_file(path: Path, job: _Job, writer: _ShardWriter, chunk_rows: int) -
             _check_dtype(source.sample(spec.source), spec, path)
         for raw in source.chunks(sources, chunk_rows):
             writer.add(_chunk_table(raw, job, path, summary, valid))
+    job.ids.end_file(path)
     for spec in specs:
         if valid[spec.name] == 0:
             raise DataError(
@@ -352,13 +357,14 @@ def _run(
     """Ingest every file into shards in a temporary directory, renamed to ``out`` at the end."""
     require(summary.shard_rows > 0, "shard_rows", f"must be positive, got {summary.shard_rows}")
     require(chunk_rows > 0, "chunk_rows", f"must be positive, got {chunk_rows}")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with output_errors(out), atomic_directory(out, overwrite=overwrite) as tmp:
         writer = _ShardWriter(tmp, job.schema, summary.shard_rows)
         for path in paths:
             summary.files.append(_ingest_file(path, job, writer, chunk_rows))
         if summary.rows_kept == 0:
             needs = ", ".join(job.required)
             raise DataError(f"{', '.join(map(str, paths))}: no row has a valid {needs}")
+        job.ids.check()
         writer.close()
         summary.n_shards = writer.n_shards
         if spec is not None:
@@ -423,7 +429,7 @@ def ingest_catalogs(
     if table is not None:
         extra["deep"] = str(table.source)
     out_schema = cmap.output_schema(nside, ordering, extra=extra, joined=joined)
-    job = _Job(cmap, nside, ordering, out_schema, required, table)
+    job = _Job(cmap, nside, ordering, out_schema, required, table, _ids(cmap))
     summary = IngestSummary(Path(out), nside, ordering, shard_rows)
     run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=spec, log=log)
     return _run(paths, out, job, summary, **run)
@@ -454,10 +460,16 @@ def ingest_deep(
         "sources": [p.name for p in paths],
         "columns": {c.name: c.source for c in cmap.columns},
     }
-    job = _Job(cmap, None, None, cmap.output_schema(None, None, extra=extra), ("id",))
+    job = _Job(
+        cmap, None, None, cmap.output_schema(None, None, extra=extra), ("id",), ids=_ids(cmap)
+    )
     summary = IngestSummary(Path(out), None, None, shard_rows, kind="deep")
     run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=None, log=log)
     return _run(paths, out, job, summary, **run)
+
+
+def _ids(cmap: ColumnMap) -> UniqueIds:
+    return UniqueIds(next(c.source for c in cmap.columns if c.name == "id"))
 
 
 def _grid(cmap: ColumnMap, nside: int | None, ordering: str | None) -> tuple[int, str]:

@@ -32,6 +32,7 @@ from galray.config import require
 from galray.datasets import schema
 from galray.datasets.ingest import check_nside
 from galray.datasets.ingest_sources import fits_table_hdu, open_fits
+from galray.datasets.ingest_values import output_errors
 from galray.datasets.regrid import describe, regrid
 from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
@@ -87,6 +88,10 @@ def _header_ordering(header: Any, path: Path) -> str:
 def _header_partial(header: Any, path: Path) -> bool:
     scheme = str(header.get("INDXSCHM", "")).strip().upper()
     obj = str(header.get("OBJECT", "")).strip().upper()
+    if scheme not in ("", "IMPLICIT", "EXPLICIT"):
+        raise DataError(
+            f"{path}: header keyword INDXSCHM is {scheme!r}; expected IMPLICIT or EXPLICIT"
+        )
     explicit = scheme == "EXPLICIT" or (scheme == "" and obj == "PARTIAL")
     if (scheme == "EXPLICIT" and obj == "FULLSKY") or (scheme == "IMPLICIT" and obj == "PARTIAL"):
         raise DataError(f"{path}: header keywords INDXSCHM={scheme} and OBJECT={obj} disagree")
@@ -106,10 +111,13 @@ def read_map_header(path: str | os.PathLike) -> MapHeader:
             raise DataError(f"{path}: header keyword PIXTYPE is {pixtype!r}, not HEALPIX")
         if "NSIDE" not in header:
             raise DataError(f"{path}: no NSIDE keyword in the header of HDU {index}")
+        raw = header["NSIDE"]
         try:
-            nside = check_nside(int(header["NSIDE"]), "NSIDE")
-        except (ConfigError, ValueError) as exc:
-            raise DataError(f"{path}: header keyword {exc}") from None
+            nside = check_nside(int(raw) if float(raw) == int(raw) else raw, "NSIDE")
+        except (ConfigError, ValueError, TypeError):
+            raise DataError(
+                f"{path}: header keyword NSIDE is {raw!r}; must be a power of two >= 1"
+            ) from None
         ordering = _header_ordering(header, path)
         return MapHeader(path, nside, ordering, _header_partial(header, path), index)
 
@@ -414,7 +422,7 @@ def ingest_maps(
     summary.outside = {c: int(m.pixels.size - footprint.size) for c, m in maps.items()}
     summary.converted = converted
     summary.n_union, summary.n_footprint = _union_size(maps), int(footprint.size)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with output_errors(out), atomic_directory(out, overwrite=overwrite) as tmp:
         write_parquet(table, tmp / CONDITIONS_FILE)
     for line in summary.lines():
         log(line)

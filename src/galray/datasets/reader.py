@@ -3,8 +3,11 @@
 :class:`TrainingCatalog` validates a catalog and its maps once, eagerly, before any Ray work:
 
 1. every shard's footer is read (a truncated or corrupt file raises DataError naming it) and must
-   hold ``id``, ``pixel`` and the truth columns (a survey spec's ``truth_columns``; without a
-   spec ``true_mag_b`` for every band);
+   hold ``id``, ``pixel`` (integers) and the truth columns (numbers; a survey spec's
+   ``truth_columns``; without a spec ``true_mag_b`` for every band), and every shard the same
+   columns with the same types as the first (a mixed catalog is refused, naming the shard and
+   the column, before any Ray work); the truth inputs must be finite and the ids unique
+   (:func:`check_finite`, :func:`check_unique_ids`: one read of those columns);
 2. every shard must share one HEALPix nside/ordering (DataError naming two that differ); when it
    differs from the condition maps', the maps are moved onto the catalog's grid
    (:meth:`ConditionMap.regrid`: pixel indices reordered, healpy ``ud_grade`` for another nside)
@@ -141,6 +144,7 @@ class TrainingCatalog:
             conditions = read_condition_map(self.maps, columns=spec.condition_columns)
         self.columns, self._row_groups, grid = _check_shards(self.files, required, conditions)
         check_finite(self.files, required)
+        check_unique_ids(self.files)
         self.conditions = _on_grid(conditions, grid, self.catalog)
         self.footprint = count_outside(self.files, self.conditions, self.catalog)
         self.footprint.check(max_outside_fraction)
@@ -211,10 +215,12 @@ def _check_shards(
     out), each shard's uncompressed bytes per row group, and the shards' HEALPix
     ``(nside, ordering)``.
     """
+    truth = list(required)
     required = ["id", "pixel", *required]
     common: list[str] | None = None
     row_groups = []
     grid: tuple[int, str] | None = None
+    first: pa.Schema | None = None
     for f in files:
         sch, rows = _read_footer(f)
         missing = [c for c in required if c not in sch.names]
@@ -223,6 +229,13 @@ def _check_shards(
         for name in ("id", "pixel"):
             if not pa.types.is_integer(sch.field(name).type):
                 raise DataError(f"{f}: column {name!r} must be integer, got {sch.field(name).type}")
+        for name in truth:
+            kind = sch.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                raise DataError(f"{f}: column {name!r} must be a number, got {kind}")
+        if first is None:
+            first = sch
+        _same_schema(f, sch, files[0], first)
         shard_grid = schema.read_healpix_metadata(sch, str(f))
         if grid is None:
             grid = shard_grid
@@ -235,6 +248,55 @@ def _check_shards(
         row_groups.append(rows)
     columns = [c for c in common or [] if c not in conditions.columns]
     return columns, row_groups, grid or (conditions.nside, conditions.ordering)
+
+
+def _same_schema(path: Path, sch: pa.Schema, first_path: Path, first: pa.Schema) -> None:
+    """DataError naming ``path`` and the column if its columns or their types differ from the
+    first shard's: a mixed catalog would fail later, inside Ray tasks, or mix units silently."""
+    extra = [c for c in sch.names if c not in first.names]
+    lacking = [c for c in first.names if c not in sch.names]
+    if extra or lacking:
+        raise DataError(
+            f"{path}: shard columns differ from {first_path}: "
+            + "; ".join(
+                f"{what} {cols}" for what, cols in (("extra", extra), ("missing", lacking)) if cols
+            )
+            + "; every shard of a catalog needs the same columns"
+        )
+    for name in first.names:
+        a, b = first.field(name).type, sch.field(name).type
+        if a != b:
+            raise DataError(
+                f"{path}: column {name!r} is {b}, but {a} in {first_path}; every shard of a "
+                "catalog needs the same column types"
+            )
+
+
+def check_unique_ids(files: Sequence[Path]) -> None:
+    """Every row's ``id`` must be unique across the catalog (the split hashes it and the
+    emulator's bookkeeping keys on it): DataError naming the shard(s) and an example id."""
+    ids, owner = [], []
+    for k, f in enumerate(files):
+        try:
+            column = pq.read_table(f, columns=["id"]).column("id")
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
+        if column.null_count:
+            raise DataError(f"{f}: column 'id' has {column.null_count} null value(s)")
+        ids.append(column.to_numpy().astype(np.int64, copy=False))
+        owner.append(np.full(len(column), k, dtype=np.int32))
+    all_ids, all_owner = np.concatenate(ids), np.concatenate(owner)
+    order = np.argsort(all_ids, kind="stable")
+    all_ids, all_owner = all_ids[order], all_owner[order]
+    repeats = np.flatnonzero(np.diff(all_ids) == 0)
+    if repeats.size:
+        i = repeats[0]
+        a, b = files[all_owner[i]], files[all_owner[i + 1]]
+        where = f"{b}: column 'id' repeats id {all_ids[i]}" + (f" of {a}" if a != b else "")
+        raise DataError(
+            f"{where} ({np.unique(all_ids[repeats]).size:,} id(s) appear more than once); "
+            "every row needs its own id: re-run galray ingest"
+        )
 
 
 def _on_grid(conditions: ConditionMap, grid: tuple[int, str], catalog: Path) -> ConditionMap:

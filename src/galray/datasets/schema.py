@@ -137,8 +137,14 @@ def read_healpix_metadata(schema: pa.Schema, source: str) -> tuple[int, str]:
             f"(keys {META_NSIDE.decode()!r}, {META_ORDERING.decode()!r}); "
             "write it with galray ingest or galray simulate"
         )
-    nside = int(meta[META_NSIDE])
-    ordering = meta[META_ORDERING].decode().upper()
+    raw = meta[META_NSIDE].decode(errors="replace")
+    nside = int(raw) if raw.strip().isdigit() else 0
+    if nside < 1 or nside & (nside - 1) or nside > 2**29:
+        raise DataError(
+            f"{source}: HEALPix nside {raw!r} (metadata key {META_NSIDE.decode()!r}) is not a "
+            "power of two in [1, 2**29]"
+        )
+    ordering = meta[META_ORDERING].decode(errors="replace").upper()
     if ordering not in ORDERINGS:
         raise DataError(f"{source}: HEALPix ordering {ordering!r} is not one of {ORDERINGS}")
     return nside, ordering
