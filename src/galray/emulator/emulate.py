@@ -45,7 +45,7 @@ from galray.datasets.conditions import ConditionMap, read_condition_map
 from galray.emulator.inputs import check_model_against_maps, load_deep, load_positions
 from galray.emulator.manifest import MANIFEST, Output, prepare_output, verify_shards
 from galray.emulator.model_source import bundle_files, resolve_model, write_bundle
-from galray.errors import GalrayError
+from galray.errors import GalrayError, OutputError
 from galray.io import atomic_path
 
 __all__ = ["MANIFEST", "PARQUET_WRITE", "EmulateConfig", "emulate", "plan_shards"]
@@ -210,9 +210,11 @@ class ShardWriter:
         self.seed, self.out, self.fault = seed, Path(out), fault
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One summary row per shard; a shard that cannot be written (a full disk) is reported
+        in ``error`` (an exception would reach the driver without its OSError)."""
         import resource
 
-        keys = ("name", "rows", "detected", "bytes", "sha256", "seconds", "rss_mb")
+        keys = ("name", "rows", "detected", "bytes", "sha256", "error", "seconds", "rss_mb")
         summary: dict[str, list] = {k: [] for k in keys}
         for k, c, a, z in zip(batch["realization"], batch["chunk"], batch["start"], batch["stop"]):
             shard = Shard(int(k), int(c), int(a), int(z))
@@ -220,15 +222,20 @@ class ShardWriter:
             table = emulate_shard(
                 shard, self.emulator, self.deep, self.cmap, self.seed, self.positions
             )
-            summary["rows"].append(table.num_rows)
-            summary["detected"].append(int(np.asarray(table["detected"]).sum()))
-            size, digest = write_shard(table, self.out / shard.name, self.fault)
+            rows, detected = table.num_rows, int(np.asarray(table["detected"]).sum())
+            try:
+                size, digest, error = *write_shard(table, self.out / shard.name, self.fault), ""
+            except OSError as exc:
+                size, digest, error = (
+                    0,
+                    "",
+                    f"{exc.filename}: cannot write the shard: {exc.strerror}",
+                )
             del table
             pa.default_memory_pool().release_unused()  # keep the actor's footprint flat over shards
-            summary["name"].append(shard.name)
-            summary["bytes"].append(size)
-            summary["sha256"].append(digest)
-            summary["seconds"].append(time.perf_counter() - t0)
+            row = (shard.name, rows, detected, size, digest, error, time.perf_counter() - t0)
+            for key, value in zip(keys, row):
+                summary[key].append(value)
             summary["rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {k: np.asarray(v) for k, v in summary.items()}
 
@@ -267,7 +274,7 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     """Run (or resume) an emulation; returns the summary also written to ``_emulation.json``.
 
     Every input is checked and the output directory claimed (:mod:`galray.emulator.manifest`)
-    before Ray starts.  A failure writing a shard (a full disk) raises GalrayError naming it;
+    before Ray starts.  A failure writing a shard (a full disk) raises OutputError naming it;
     nothing partial is left and ``resume`` finishes the run."""
     from galray.emulator.bundle import Emulator
 
@@ -296,16 +303,10 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
         log(f"{cfg.positions}: dropped {int(positions['n_outside']):,} positions off the footprint")
     try:
         peak_rss = _run(cfg, output, pending, len(shards), model, deep, cmap, positions, progress)
-    except Exception as exc:
+    except Exception:
         output.save()  # the shards finished so far stay usable by --resume
         output.discard()
-        failed = _write_error(exc)
-        if failed is None:
-            raise
-        raise GalrayError(
-            f"{failed.filename}: cannot write the shard: {failed.strerror}; no partial shard was "
-            "left" + (" (--resume finishes the run)" if not output.staged else "")
-        ) from exc
+        raise
     return _finish(output, shards, time.perf_counter() - t0, peak_rss, log)
 
 
@@ -348,6 +349,9 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
     peak_rss, done, saved = 0.0, 0, time.monotonic()
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         for i, name in enumerate(batch["name"]):
+            if batch["error"][i]:
+                retry = "" if output.staged else " (--resume finishes the run)"
+                raise OutputError(f"{batch['error'][i]}; no partial shard was left{retry}")
             output.records[str(name)] = {
                 "rows": int(batch["rows"][i]),
                 "bytes": int(batch["bytes"][i]),
@@ -364,17 +368,6 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
             saved = time.monotonic()
     bar.close()
     return peak_rss
-
-
-def _write_error(exc: BaseException) -> OSError | None:
-    """The OSError (with a file name) behind a failure in a Ray worker, if that is what it was."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno and exc.filename:
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
 
 
 def _finish(output: Output, shards: list[Shard], seconds: float, peak_rss: float, log) -> dict:
