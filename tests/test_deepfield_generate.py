@@ -14,10 +14,10 @@ from astropy.wcs import WCS
 
 from galray.datasets.fitsfield import StreamingFieldWriter, read_field
 from galray.deepfield.bundle import DeepFieldModel
-from galray.deepfield.generate import generate_fits
+from galray.deepfield.generate import check_field_output, generate_fits
 from galray.deepfield.noise import NOISE_BLOCK, noise_window, plan_tiles
 from galray.deepfield.scaling import IntensityScaling
-from galray.errors import ConfigError, ModelNotFoundError
+from galray.errors import ConfigError, ModelNotFoundError, OutputExistsError
 from galray.models.sgan import Generator, SGANNetConfig
 
 
@@ -163,6 +163,47 @@ def test_ray_tiles_stream_to_a_fits_equal_to_one_pass(tmp_path, ray_session):
         assert b"verification OK" in out.stdout
     with pytest.raises(ConfigError, match="--tile"):
         generate_fits(model, tmp_path / "bad.fits", 100, 100, tile=100)
+    # an existing field is replaced only with overwrite, atomically: a run that fails half-way
+    # leaves the old file whole and no temporary behind
+    before = (tmp_path / "gen.fits").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        generate_fits(model, tmp_path / "gen.fits", 64, 64, tile=64, log=None)
+    calls = []
+
+    def fail_late(message):
+        calls.append(message)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_fits(
+            model, tmp_path / "gen.fits", 128, 128, tile=16, overwrite=True, log=fail_late
+        )
+    assert (tmp_path / "gen.fits").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.fits"]
+    generate_fits(model, tmp_path / "gen.fits", 64, 80, seed=1, tile=64, overwrite=True, log=None)
+    assert read_field(tmp_path / "gen.fits").data.shape == (3, 64, 80)
+
+
+def test_generate_never_replaces_what_it_did_not_write(tmp_path):
+    """A real image, a non-FITS file or a directory at --out is refused, even with --overwrite,
+    and left as it was; temporaries of killed runs to the same --out are removed."""
+    fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(tmp_path / "xdf.fits")
+    (tmp_path / "notes.fits").write_text("not a FITS file")
+    (tmp_path / "dir.fits").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for name in ("xdf.fits", "notes.fits"):
+        with pytest.raises(OutputExistsError, match="not a deep field galray generated"):
+            check_field_output(tmp_path / name, overwrite=True)
+    with pytest.raises(OutputExistsError, match="is a directory"):
+        check_field_output(tmp_path / "dir.fits", overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    (tmp_path / ".new.fits.tmp-0123abcd").write_bytes(b"half a field")
+    (tmp_path / ".other.fits.tmp-0123abcd").write_bytes(b"someone else's")
+    lines = []
+    check_field_output(tmp_path / "new.fits", log=lines.append)
+    assert not (tmp_path / ".new.fits.tmp-0123abcd").exists() and len(lines) == 1
+    assert (tmp_path / ".other.fits.tmp-0123abcd").exists()
 
 
 def test_bundle_round_trip_and_bad_uri(tmp_path):

@@ -13,7 +13,7 @@ def register(sub, groups) -> None:
     p = command(gen, "deepfield", _deepfield)
     add_model(p, "sgan")
     add_size(p)
-    add_output(p, "output FITS file")
+    add_output(p, "output FITS file", overwrite="replace a field galray generated at --out")
     p.add_argument("--tile", type=int, default=1024, help="tile side in pixels (multiple of 16)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per tile task")
@@ -25,16 +25,18 @@ def _deepfield(args: argparse.Namespace) -> int:
 
     The noise array is split into overlapping tiles that Ray tasks generate independently; the
     halo of each tile is cropped, so the stitched field equals a one-pass generation.  Tiles
-    stream into the FITS file: memory is bounded by the tile size.  The same seed gives the same
-    field for any --tile.  Example:
+    stream into the FITS file, which appears only when complete: memory is bounded by the tile
+    size.  An existing --out is replaced only with --overwrite and only if galray generated it.
+    The same seed gives the same field for any --tile.  Example:
         galray generate deepfield --model models:/galray-sgan-smoke@champion --size 4096x4096 \
             --out field.fits --tile 1024
     """
-    from galray.deepfield.generate import generate_fits
+    from galray.deepfield.generate import check_field_output, generate_fits
     from galray.deepfield.registry import load_deepfield_model
     from galray.training.ray_env import init_ray
 
     h, w = args.size
+    check_field_output(args.out, args.overwrite)  # before a model download or Ray
     model = load_deepfield_model(args.model)
     model.info["model_uri"] = args.model
     init_ray()
@@ -47,6 +49,7 @@ def _deepfield(args: argparse.Namespace) -> int:
         tile=args.tile,
         cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task,
+        overwrite=args.overwrite,
     )
     print(
         f"wrote {result.path}: {h}x{w} px x {len(model.bands)} bands in {result.tiles} tiles "

@@ -7,10 +7,17 @@ finished tile into a pre-sized FITS file (:class:`~galray.datasets.fitsfield.
 StreamingFieldWriter`) and keeps at most ``max_in_flight`` tiles outstanding, so the memory
 used is a few tiles whatever the field's size.  The result equals generating the whole field in
 one pass, for any tile size.
+
+The file appears at ``out`` only once complete (written under a hidden temporary name, renamed at
+the end), so a killed run leaves any earlier file as it was.  An existing ``out`` is replaced only
+with ``overwrite`` and only if galray generated it (its primary header's ``ORIGIN``); anything
+else -- a real image, a directory -- is refused.  Temporaries of killed runs writing the same
+``out`` are removed.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,9 +29,10 @@ from astropy.wcs import WCS
 from galray.datasets.fitsfield import StreamingFieldWriter
 from galray.deepfield.bundle import DeepFieldModel
 from galray.deepfield.noise import Tile
-from galray.errors import ConfigError
+from galray.errors import ConfigError, OutputExistsError
 
 _WORKER_MODELS: dict[str, DeepFieldModel] = {}  # per Ray worker process: token -> model
+ORIGIN = "galray generate deepfield"  # primary header ORIGIN of every field generated
 
 
 @dataclass
@@ -39,6 +47,39 @@ class GenerateResult:
     @property
     def pixels_per_second(self) -> float:
         return self.height * self.width / max(self.seconds, 1e-9)
+
+
+def check_field_output(out: str | Path, overwrite: bool = False, log=print) -> Path:
+    """Refuse an ``out`` that generation must not replace (OutputExistsError naming it): a
+    directory, or an existing file unless ``overwrite`` and galray generated it.  Removes the
+    temporaries (``.NAME.tmp-XXXXXXXX``) that killed runs writing ``out`` left."""
+    from astropy.io import fits
+
+    out = Path(out)
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory; --out must name a FITS file")
+    if out.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{out}: exists; pass --overwrite to replace it")
+        try:
+            origin = fits.getheader(out, 0).get("ORIGIN")
+        except (OSError, ValueError):
+            origin = None
+        if origin != ORIGIN:
+            raise OutputExistsError(
+                f"{out}: not a deep field galray generated (FITS ORIGIN {origin!r}); "
+                "--overwrite replaces only those: choose another --out"
+            )
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.tmp-[0-9a-f]{{8}}")
+    parent = out.parent if out.parent.is_dir() else None
+    stale = (
+        [p for p in parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()] if parent else []
+    )
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale and log is not None:
+        log(f"{out}: removed {len(stale)} temporary file(s) left by a killed run")
+    return out
 
 
 def output_wcs(model: DeepFieldModel, height: int, width: int):
@@ -90,12 +131,16 @@ def generate_fits(
     max_in_flight: int | None = None,
     cpus_per_task: float = 1.0,
     gpus_per_task: float = 0.0,
+    overwrite: bool = False,
     log=print,
 ) -> GenerateResult:
     """Generate a ``height x width`` field with Ray tasks and stream it into the FITS file ``out``
-    (one HDU per band, WCS, zeropoints).  Ray must be initialised (or is started locally)."""
+    (one HDU per band, WCS, zeropoints).  Ray must be initialised (or is started locally).
+    ``out`` must be new, or a field galray generated with ``overwrite``
+    (:func:`check_field_output`)."""
     import ray
 
+    check_field_output(out, overwrite, log)
     if height < 1 or width < 1:
         raise ConfigError(f"--size: must be positive, got {height}x{width}")
     s = model.upsampling
@@ -110,7 +155,7 @@ def generate_fits(
     task = ray.remote(_tile_task).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task)
     payload_box = [ray.put(_payload(model))]
     primary = {
-        "ORIGIN": "galray generate deepfield",
+        "ORIGIN": ORIGIN,
         "GRSEED": (seed, "noise seed"),
         "GRTILE": (tile, "tile side, pixels"),
         "GRHALO": (f"{model.halo[0]},{model.halo[1]}", "noise halo cells before,after"),
