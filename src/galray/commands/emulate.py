@@ -12,13 +12,21 @@ def register(sub, groups) -> None:
     add_model(p, "emulator")
     p.add_argument("--deep", required=True, help="deep catalog (Parquet file or directory)")
     p.add_argument("--maps", required=True, help="condition-map table or its directory")
-    add_output(p, "output directory", overwrite="replace the run in --out")
+    add_output(
+        p,
+        "output directory: new, empty, or an emulation output",
+        overwrite="replace the emulation in --out once the new run completes",
+    )
     p.add_argument("--realizations", type=int, default=1, help="placements of the deep catalog")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--positions", help="Parquet with ra, dec [, deep_id] to use")
+    p.add_argument("--positions", help="Parquet with ra, dec [, deep_id: a deep catalog id]")
     p.add_argument("--chunk-rows", type=int, default=500_000, help="rows per output shard")
     p.add_argument("--workers", type=int, help="actors (default: GPUs, else CPUs)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run in --out (shards checked; damaged ones redone)",
+    )
 
 
 def _emulate(args: argparse.Namespace) -> int:
@@ -26,7 +34,10 @@ def _emulate(args: argparse.Namespace) -> int:
 
     Place the deep catalog at random footprint positions (or the given ones) K times, look up
     observing conditions, and emulate measurement and detection.  Output: Parquet shards
-    part-rKKKK-cJJJJJ.parquet plus _emulation.json; deterministic for a seed.  Example:
+    part-rKKKK-cJJJJJ.parquet plus _emulation.json (rows and SHA-256 of every shard);
+    deterministic for a seed.  --out must be new, empty or an emulation output; --overwrite
+    builds the new run beside it and swaps it in when complete; --resume verifies the shards
+    on disk and redoes damaged ones.  Example:
         galray emulate --model models:/galray-emulator-smoke@champion \
             --deep data/smoke-survey/deep --maps data/smoke-survey/maps --out emulated/ \
             --realizations 20 --seed 1
