@@ -1,12 +1,28 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local instance."""
+"""Connecting to Ray: the cluster a job was submitted to, or a local instance.
+
+A local instance listens on 127.0.0.1 only -- every port it opens: GCS, raylet, object manager,
+core workers, dashboard, dashboard and runtime-env agents, and the Prometheus metrics export,
+which has no token.  Ray has no option for that: its gRPC servers and agents listen on all
+interfaces unless the node's address is 127.0.0.1, and ``ray.init(_node_ip_address="127.0.0.1")``
+is rewritten to the machine's routable address on Linux.  Ray keeps a local-only node (as on
+macOS and Windows) while ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is false (environment
+variable ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once when Ray is imported), so
+:func:`init_ray` clears it for the duration of ``ray.init``.  ``tests/test_security.py`` checks
+every listening socket of the instance.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+
+LOOPBACK = "127.0.0.1"
 
 
 def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a local one.
+    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a local
+    instance bound to 127.0.0.1.
 
     A local instance gets its dashboard on a free port and tells its workers that address
     (``RAY_API_SERVER_ADDRESS``).  Ray Train's placement-group cleaner asks the state API whether
@@ -23,11 +39,30 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
         ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver)
         return
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOOPBACK, 0))
         port = probe.getsockname()[1]
-    ray.init(
-        num_cpus=num_cpus,
-        log_to_driver=log_to_driver,
-        dashboard_port=port,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-    )
+    with _local_only_node():
+        ray.init(
+            num_cpus=num_cpus,
+            log_to_driver=log_to_driver,
+            _node_ip_address=LOOPBACK,
+            dashboard_host=LOOPBACK,
+            dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}},
+        )
+
+
+@contextlib.contextmanager
+def _local_only_node() -> Iterator[None]:
+    """Let ``ray.init`` keep 127.0.0.1 as the node address (see the module docstring)."""
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved is None:
+            del ray_constants.ENABLE_RAY_CLUSTER
+        else:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
