@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from galray.errors import ConfigError, ModelNotFoundError
 from galray.tracking import ensure_tracking
 
 BUNDLE_ARTIFACT = "bundle"  # key of the bundle in the pyfunc model's artifacts
+MODEL_CODE_FILE = "galray_model.py"  # the model's code (models from code), in the model directory
 
 
 @dataclass(frozen=True)
@@ -174,18 +176,36 @@ def log_bundle(
 
 
 def _log_pyfunc(kind: BundleKind, path: Path, bundle, run_id: str, model_id: str) -> ModelInfo:
-    return Model.log(
-        artifact_path=None,
-        name=kind.model_name,
-        flavor=mlflow.pyfunc,
-        run_id=run_id,
-        model_id=model_id,
-        python_model=kind.python_model(),
-        artifacts={BUNDLE_ARTIFACT: path.as_posix()},
-        signature=kind.signature(bundle),
-        metadata=dict(kind.metadata(bundle)),
-        # explicit: inferring requirements imports the model in a subprocess (~5 s)
-        pip_requirements=[f"galray=={__version__}", f"mlflow=={mlflow.__version__}"],
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / MODEL_CODE_FILE
+        code.write_text(model_code(kind))
+        return Model.log(
+            artifact_path=None,
+            name=kind.model_name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=model_id,
+            python_model=str(code),  # models from code: no python_model.pkl
+            artifacts={BUNDLE_ARTIFACT: path.as_posix()},
+            signature=kind.signature(bundle),
+            metadata=dict(kind.metadata(bundle)),
+            # explicit: inferring requirements imports the model in a subprocess (~5 s)
+            pip_requirements=[f"galray=={__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+
+
+def model_code(kind: BundleKind) -> str:
+    """The Python file logged as the model's code (MLflow "models from code"): it imports
+    ``kind.python_model`` from the installed galray and hands MLflow an instance, so loading the
+    model unpickles nothing.  The file is plain text in the model directory: read it."""
+    cls = kind.python_model
+    return (
+        f'"""The MLflow pyfunc face of a galray {kind.label} (logged by galray {__version__}).\n\n'
+        "mlflow.pyfunc.load_model runs this file: it imports galray, installed, and nothing\n"
+        'else; the model itself is the bundle directory, JSON and tensor files."""\n\n'
+        "import mlflow.models\n\n"
+        f"from {cls.__module__} import {cls.__qualname__}\n\n"
+        f"mlflow.models.set_model({cls.__qualname__}())\n"
     )
 
 
