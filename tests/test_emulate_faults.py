@@ -371,3 +371,106 @@ def test_positions_name_deep_galaxies_by_id_not_row(setup, tmp_path, ray_session
     np.testing.assert_array_equal(out.deep_id.to_numpy(), wanted)
     truth = deep.set_index("id").true_mag_i.reindex(wanted).to_numpy().astype(np.float32)
     np.testing.assert_array_equal(out.true_mag_i.to_numpy(), truth)
+
+
+# --------------------------------------------------------------------------- multi-node
+
+CLUSTER_SCRIPT = """
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+from ray.cluster_utils import Cluster
+
+model, deep, maps, out, ready = sys.argv[1:6]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+try:
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    env = dict(os.environ, RAY_ADDRESS=cluster.address)
+    from galray.emulator.registry import log_emulator
+    log_emulator(model, registered_name="faults-cluster", alias="champion")
+    argv = [sys.executable, "-m", "galray.cli", "emulate", "--model",
+            "models:/faults-cluster@champion", "--deep", deep, "--maps", maps, "--out", out,
+            "--realizations", "2", "--seed", "5", "--chunk-rows", "300", "--workers", "2"]
+    driver = subprocess.Popen(argv, env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(Path(out).glob("part-*.parquet"))) < 2:
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies; the cluster stays
+    first = driver.communicate()[0]
+    killed_with = len(list(Path(out).glob("part-*.parquet")))
+    resumed = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True)
+    Path(ready).write_text(json.dumps({
+        "first": first, "killed_with": killed_with, "rc": resumed.returncode,
+        "resumed": resumed.stdout + resumed.stderr,
+    }))
+finally:
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_multi_node_emulation_from_a_tracking_server_resumes_after_a_killed_driver(
+    setup, reference, tmp_path
+):
+    """Two worker nodes (ray.cluster_utils.Cluster), the model from an MLflow server with proxied
+    artifacts by alias: the driver is SIGKILLed mid-run, a new driver resumes, the rows equal an
+    uninterrupted single-node run of the same bundle (same content hash), and the model was
+    downloaded once, into the cache."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root, model = setup
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "artifacts").mkdir()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination", str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "no MLflow server"
+                time.sleep(0.5)
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+        env |= {"GALRAY_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "token"}
+        env.pop("RAY_ADDRESS", None)
+        env.pop(FAULT_ENV, None)
+        (tmp_path / "cluster.py").write_text(CLUSTER_SCRIPT)
+        out, ready = tmp_path / "out", tmp_path / "result.json"
+        args = [model, root / "survey" / "deep", root / "survey" / "maps", out, ready]
+        proc = subprocess.run(
+            [sys.executable, str(tmp_path / "cluster.py"), *map(str, args)],
+            env=env, capture_output=True, text=True, timeout=540,
+        )  # fmt: skip
+        assert ready.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait()
+    result = json.loads(ready.read_text())
+    assert result["rc"] == 0, result["resumed"]
+    assert 2 <= result["killed_with"] < 8, result
+    assert f"{result['killed_with']}" in result["resumed"]  # "N already done"
+    assert "downloaded to the model cache" in result["first"]
+    assert "downloaded to the model cache" not in result["resumed"]
+    assert _rows_hash(out) == reference[1]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["model_source"] == "models:/faults-cluster/1"
+    cached = [p for p in (tmp_path / "cache").rglob("emulator.json")]
+    assert len(cached) == 1

@@ -346,8 +346,19 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
         num_cpus=1,
     )
     bar = tqdm(total=n_shards, initial=n_shards - len(pending), unit="shard", disable=not progress)
+    batches = iter(results.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        return _collect(batches, output, bar, kill_after, fault)
+    finally:
+        batches.close()  # shuts the pipeline down however the loop ends
+        bar.close()
+
+
+def _collect(batches, output: Output, bar, kill_after: int | None, fault: str) -> float:
+    """Record the shard summaries as they come (the manifest saved every few seconds); the
+    largest worker's peak resident memory, MB."""
     peak_rss, done, saved = 0.0, 0, time.monotonic()
-    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in batches:
         for i, name in enumerate(batch["name"]):
             if batch["error"][i]:
                 retry = "" if output.staged else " (--resume finishes the run)"
@@ -366,7 +377,6 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
         if time.monotonic() - saved > SAVE_EVERY_S:
             output.save()
             saved = time.monotonic()
-    bar.close()
     return peak_rss
 
 
