@@ -22,6 +22,11 @@ def _rows() -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+# The flow samples through galray's own spline inverse since 0.2 (zuko's before): the same map,
+# rounded differently in float32 (relative differences ~2e-6).
+RTOL = {"gan": 1e-6, "flow": 2e-5}
+
+
 def _expected(kind: str) -> dict[str, np.ndarray]:
     with np.load(LEGACY / "emulator-samples.npz") as f:
         return {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(f"{kind}/")}
@@ -36,7 +41,7 @@ def test_old_emulator_bundle_samples_as_before(kind):
     assert list(out) == [*expected, "selected"]  # the survey's selection: "detected" for riz
     np.testing.assert_array_equal(out["selected"], out["detected"])
     for key, values in expected.items():
-        np.testing.assert_allclose(out[key], values, rtol=1e-6, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(out[key], values, rtol=RTOL[kind], atol=1e-6, equal_nan=True)
 
 
 def test_old_mlflow_emulator_loads_by_galray_and_by_pyfunc():
@@ -46,12 +51,14 @@ def test_old_mlflow_emulator_loads_by_galray_and_by_pyfunc():
     rows = _rows()
     expected = _expected("flow")
     out = galray.load_emulator(model_dir).sample(rows, seed=7)
-    np.testing.assert_allclose(out["obs_flux_i"], expected["obs_flux_i"], rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        out["obs_flux_i"], expected["obs_flux_i"], rtol=RTOL["flow"], equal_nan=True
+    )
     pyfunc = mlflow.pyfunc.load_model(str(model_dir))
     frame = pyfunc.predict(pd.DataFrame(rows), params={"seed": 7})
     np.testing.assert_array_equal(frame["detected"].to_numpy(), expected["detected"])
     np.testing.assert_allclose(
-        frame["obs_mag_r"].to_numpy(), expected["obs_mag_r"], rtol=1e-6, equal_nan=True
+        frame["obs_mag_r"].to_numpy(), expected["obs_mag_r"], rtol=RTOL["flow"], equal_nan=True
     )
 
 

@@ -25,18 +25,22 @@ direction, all of it batched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 import zuko
 from torch import nn
+from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 
 from galray.config import require
 
 FLOW_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 TAIL_BOUND = 5.0  # the splines' domain is [-5, 5]: the soft clip maps the data into it
 SAMPLE_LIMIT = 0.95  # inverse draws are kept within this fraction of the clip's range
+SPLINE_SLOPE = 1e-3  # zuko's NSF default: the minimum slope of each spline
 
 
 @dataclass
@@ -99,14 +103,110 @@ class ConditionalFlow(nn.Module):
         )
         clip = zuko.flows.UnconditionalTransform(zuko.transforms.SoftclipTransform, TAIL_BOUND)
         self.flow = zuko.flows.Flow([clip, *splines.transform.transforms], splines.base)
+        for t in splines.transform.transforms:  # what the fast inverse below relies on
+            if not isinstance(t, MaskedAutoregressiveTransform):
+                continue  # one output: zuko's element-wise transform, inverted by zuko
+            spline = t.univariate
+            if not (
+                getattr(spline, "func", None) is zuko.transforms.MonotonicRQSTransform
+                and spline.keywords == {"slope": SPLINE_SLOPE}
+                and [m.mask.shape for m in t.hyper if isinstance(m, zuko.nn.MaskedLinear)]
+            ):
+                raise RuntimeError(f"unexpected zuko {zuko.__version__} spline layout: {t!r}")
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Sample: base noise ``z`` [B, Y] to data [B, Y] given ``cond`` [B, C]."""
+        _clip, *splines = self.flow.transform.transforms
+        y = z
+        for t in reversed(splines):
+            if isinstance(t, MaskedAutoregressiveTransform):
+                y = _invert_masked_spline(t, y, cond)
+            else:
+                y = t(cond).inv(y)
+        limit = SAMPLE_LIMIT * TAIL_BOUND
+        y = y.clamp(-limit, limit)
+        return y / (1 - y.abs() / TAIL_BOUND)  # the soft clip's inverse  [B, Y]
+
+    def reference_sample(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through zuko's own (general, slower) inverse: the yardstick the fast
+        path is tested against."""
         clip, *splines = self.flow(cond).transform.transforms
         y = z
         for t in reversed(splines):
             y = t.inv(y)
         limit = SAMPLE_LIMIT * TAIL_BOUND
-        return clip.inv(y.clamp(-limit, limit))  # [B, Y]
+        return clip.inv(y.clamp(-limit, limit))
 
     def log_prob(self, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.flow(cond).log_prob(y)  # [B]
+
+
+# ---------------------------------------------------------------------------- fast sampling
+# Sampling inverts every autoregressive transform in ``passes`` sequential passes.  zuko's
+# general inverse re-evaluates, in every pass, the network's outputs and the spline of *every*
+# feature, and builds its splines through strided slices and a max-subtracted softmax.  The
+# inverse below computes the same map: in pass ``p`` only the features of order group ``p``
+# (the ones whose inputs are all known by then), from contiguous weight blocks, with the
+# softmax folded into the knot cumsum.  On a CPU it samples 3-4x faster (benchmarks/
+# bench_flow_sample.py); tests/test_flow.py checks it against zuko's inverse and forward.
+
+
+def _invert_masked_spline(t, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The inverse of zuko's ``MaskedAutoregressiveTransform`` ``t`` (rational-quadratic splines)
+    at ``y`` [B, Y] given ``cond`` [B, C]."""
+    layers = list(t.hyper)
+    linear = [m for m in layers if isinstance(m, nn.Linear)]
+    hidden = [(m.mask * m.weight, m.bias, layers[2 * i + 1]) for i, m in enumerate(linear[:-1])]
+    n_feat, k = y.shape[1], t.shapes[0][0]
+    last = linear[-1]
+    w_last = (last.mask * last.weight).view(n_feat, t.total, -1)  # per feature: widths,
+    b_last = last.bias.view(n_feat, t.total)  # heights, derivatives (k, k, k - 1 values)
+    x = torch.zeros_like(y)
+    for p in range(t.passes):
+        sel = (t.order == p).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        h = torch.cat([x, cond], dim=-1)
+        for weight, bias, act in hidden:
+            h = act(torch.addmm(bias, h, weight.T))
+        w_sel, b_sel = w_last[sel], b_last[sel]
+        params = [
+            torch.addmm(b_sel[:, a:b].reshape(-1), h, w_sel[:, a:b].reshape(-1, h.shape[1]).T).view(
+                h.shape[0], len(sel), b - a
+            )
+            for a, b in ((0, k), (k, 2 * k), (2 * k, t.total))
+        ]
+        x = x.index_copy(1, sel, _rqs_inverse(y[:, sel], *params))
+    return x
+
+
+def _rqs_inverse(
+    y: torch.Tensor, widths: torch.Tensor, heights: torch.Tensor, derivs: torch.Tensor
+) -> torch.Tensor:
+    """Inverse of zuko's ``MonotonicRQSTransform(widths, heights, derivs, bound=TAIL_BOUND,
+    slope=SPLINE_SLOPE)`` at ``y`` [...]: widths, heights [..., K], derivs [..., K - 1]
+    unconstrained; the identity outside [-bound, bound]."""
+    log_slope = math.log(SPLINE_SLOPE)
+    bound = TAIL_BOUND
+
+    def knots(logits: torch.Tensor) -> torch.Tensor:
+        # the logits are squashed into |l| < |log slope| / 2, so exp needs no max subtraction
+        c = torch.cumsum(torch.exp(logits / (1 - (2 / log_slope) * logits.abs())), dim=-1)
+        return F.pad(c * ((2 * bound) / c[..., -1:]) - bound, (1, 0), value=-bound)
+
+    xs, ys = knots(widths), knots(heights)
+    ds = F.pad(torch.exp(derivs / (1 - derivs.abs() / log_slope)), (1, 1), value=1.0)
+    bins = widths.shape[-1]
+    k = (ys < y.unsqueeze(-1)).sum(dim=-1, keepdim=True) - 1
+    inside = ((k >= 0) & (k < bins)).squeeze(-1)
+    k = k.clamp_(0, bins - 1)
+    x0, x1 = xs.gather(-1, k).squeeze(-1), xs.gather(-1, k + 1).squeeze(-1)
+    y0, y1 = ys.gather(-1, k).squeeze(-1), ys.gather(-1, k + 1).squeeze(-1)
+    d0, d1 = ds.gather(-1, k).squeeze(-1), ds.gather(-1, k + 1).squeeze(-1)
+    dy = y1 - y0
+    s = dy / (x1 - x0)
+    r = (y - y0) * inside
+    t = d0 + d1 - 2 * s
+    a, b, c = dy * (s - d0) + r * t, dy * d0 - r * t, -s * r
+    u = 2 * c / (-b - (b * b - 4 * a * c).sqrt())  # the stable root of a u^2 + b u + c = 0
+    return torch.where(inside, x0 + u * (x1 - x0), y)
