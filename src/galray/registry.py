@@ -43,15 +43,17 @@ class BundleKind:
     label: what to call it in messages ("emulator").  meta_file: the file that marks a bundle
     directory.  model_name: the logged model's name (``runs:/RUN_ID/<model_name>``).
     load(path, device=): the bundle object of a directory; ModelNotFoundError if damaged.
-    python_model(): the pyfunc wrapper to log.  signature(bundle), metadata(bundle): the logged
-    model's MLflow signature and metadata.
+    python_model: the pyfunc class (a module-level ``mlflow.pyfunc.PythonModel`` subclass, built
+    without arguments), which the logged model's code imports (:func:`model_code`; nothing is
+    pickled).  signature(bundle), metadata(bundle): the logged model's MLflow signature and
+    metadata.
     """
 
     label: str
     meta_file: str
     model_name: str
     load: Callable[..., Any]
-    python_model: Callable[[], mlflow.pyfunc.PythonModel]
+    python_model: type[mlflow.pyfunc.PythonModel]
     signature: Callable[[Any], ModelSignature]
     metadata: Callable[[Any], Mapping[str, Any]]
 
