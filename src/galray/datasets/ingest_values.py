@@ -59,19 +59,20 @@ class UniqueIds:
         """DataError if an id of one file is also in another."""
         if len(self._files) < 2:
             return
-        ids = np.concatenate([ids for _, ids in self._files])
-        owner = np.repeat(np.arange(len(self._files)), [ids.size for _, ids in self._files])
-        order = np.argsort(ids, kind="stable")
-        ids, owner = ids[order], owner[order]
-        repeats = np.flatnonzero(np.diff(ids) == 0)
-        if repeats.size:
-            first = repeats[0]
-            a, b = self._files[owner[first]][0], self._files[owner[first + 1]][0]
+        ordered = np.sort(np.concatenate([ids for _, ids in self._files]))
+        repeated = np.unique(ordered[1:][np.diff(ordered) == 0])
+        if repeated.size:  # each file's ids are unique: the first repeat is in two files
+            first = repeated[0]
+            a, b = [path for path, ids in self._files if _holds(ids, first)][:2]
             raise DataError(
-                f"{b}: column {self.source!r} (for id) repeats id {ids[first]} of {a} "
-                f"({np.unique(ids[repeats]).size:,} id(s) in more than one file); every row "
-                "needs its own id"
+                f"{b}: column {self.source!r} (for id) repeats id {first} of {a} "
+                f"({repeated.size:,} id(s) in more than one file); every row needs its own id"
             )
+
+
+def _holds(ordered: np.ndarray, value: int) -> bool:
+    i = np.searchsorted(ordered, value)
+    return bool(i < ordered.size and ordered[i] == value)
 
 
 def check_integer_range(data: np.ndarray, missing: np.ndarray, out: pa.DataType, what: str) -> None:

@@ -275,8 +275,8 @@ def _same_schema(path: Path, sch: pa.Schema, first_path: Path, first: pa.Schema)
 def check_unique_ids(files: Sequence[Path]) -> None:
     """Every row's ``id`` must be unique across the catalog (the split hashes it and the
     emulator's bookkeeping keys on it): DataError naming the shard(s) and an example id."""
-    ids, owner = [], []
-    for k, f in enumerate(files):
+    ids = []
+    for f in files:
         try:
             column = pq.read_table(f, columns=["id"]).column("id")
         except (pa.ArrowInvalid, OSError) as exc:
@@ -284,18 +284,15 @@ def check_unique_ids(files: Sequence[Path]) -> None:
         if column.null_count:
             raise DataError(f"{f}: column 'id' has {column.null_count} null value(s)")
         ids.append(column.to_numpy().astype(np.int64, copy=False))
-        owner.append(np.full(len(column), k, dtype=np.int32))
-    all_ids, all_owner = np.concatenate(ids), np.concatenate(owner)
-    order = np.argsort(all_ids, kind="stable")
-    all_ids, all_owner = all_ids[order], all_owner[order]
-    repeats = np.flatnonzero(np.diff(all_ids) == 0)
-    if repeats.size:
-        i = repeats[0]
-        a, b = files[all_owner[i]], files[all_owner[i + 1]]
-        where = f"{b}: column 'id' repeats id {all_ids[i]}" + (f" of {a}" if a != b else "")
+    ordered = np.sort(np.concatenate(ids))
+    repeated = np.unique(ordered[1:][np.diff(ordered) == 0])
+    if repeated.size:  # name the shards that hold the first repeated id
+        holders = [f for f, shard in zip(files, ids) if np.any(shard == repeated[0])]
+        where = f"{holders[-1]}: column 'id' repeats id {repeated[0]}"
+        where += f" of {holders[0]}" if len(holders) > 1 else ""
         raise DataError(
-            f"{where} ({np.unique(all_ids[repeats]).size:,} id(s) appear more than once); "
-            "every row needs its own id: re-run galray ingest"
+            f"{where} ({repeated.size:,} id(s) appear more than once); every row needs its own "
+            "id: re-run galray ingest"
         )
 
 
