@@ -16,6 +16,7 @@ from galray.errors import ConfigError
 PRODUCTS = {
     "emulator": "galray.emulator",
     "deepfield": "galray.deepfield",
+    "stamps": "galray.stamps",
 }
 # earlier names that still work on the command line
 ALIASES = {"sgan": "deepfield"}
