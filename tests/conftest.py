@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """Models fetched from a registry are cached under ``$GALRAY_CACHE``: a per-session folder
+    here, so tests neither read nor fill the user's ``~/.cache/galray``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GALRAY_CACHE", str(tmp_path_factory.mktemp("galray-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance (2 CPUs, no log forwarding) shared by every test that asks for it.
