@@ -1,0 +1,141 @@
+"""The stamp generator's networks, PSF-aware likelihood and saved model (no Ray, no training)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from galray.datasets.stamps import convolve_same, flux_of, psf_image
+from galray.errors import DataError, ModelNotFoundError
+from galray.models.stamps import StampNetConfig, StampVAE, elbo_terms, fft_convolve
+from galray.stamps.bundle import Conditions, PropertyRangeWarning, StampModel
+
+galsim = pytest.importorskip("galsim")
+
+NET = StampNetConfig(size=16, latent_dim=4, channels=(8, 8), hidden=16, flow_hidden=(16,))
+
+
+def tiny_model(seed: int = 0) -> StampModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(0)
+    train = {
+        "mag": rng.uniform(20, 23, 200),
+        "hlr": rng.uniform(0.3, 1.0, 200),
+        "z": rng.uniform(0.05, 1.5, 200),
+        "ellipticity": rng.uniform(0, 0.6, 200),
+    }
+    return StampModel(StampVAE(NET), Conditions.fit(train), pixel_scale=0.2)
+
+
+def table(n: int = 5) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "mag": np.linspace(20.5, 22.5, n),
+            "hlr": np.linspace(0.4, 0.8, n),
+            "z": np.linspace(0.2, 1.2, n),
+            "ellipticity": np.linspace(0.1, 0.5, n),
+        }
+    )
+
+
+def test_torch_fft_convolution_matches_numpy_and_centres_the_kernel():
+    rng = np.random.default_rng(1)
+    image = rng.random((3, 16, 16))
+    psf = np.stack([psf_image(f, 16, 0.2) for f in (0.6, 0.8, 1.0)])
+    ours = fft_convolve(torch.from_numpy(image), torch.from_numpy(psf)).numpy()
+    assert np.allclose(ours, convolve_same(image, psf), atol=1e-5)
+    delta = np.zeros((1, 16, 16))
+    delta[0, 8, 8] = 1.0  # a point at the kernel's centre pixel comes back as the kernel
+    assert np.allclose(convolve_same(delta, psf[:1]), psf[:1], atol=1e-6)
+
+
+def test_decoder_profiles_have_unit_flux_and_likelihood_rewards_the_truth():
+    torch.manual_seed(0)
+    vae = StampVAE(NET)
+    c = torch.randn(4, NET.n_cond)
+    profile = vae.generate(c, torch.randn(4, NET.latent_dim))
+    assert profile.shape == (4, 16, 16) and (profile >= 0).all()
+    assert torch.allclose(profile.sum(dim=(1, 2)), torch.ones(4), atol=1e-5)
+    psf = torch.from_numpy(np.stack([psf_image(0.8, 16, 0.2)] * 4))
+    flux, sigma = torch.full((4,), 500.0), torch.full((4,), 1.0)
+    stamp = flux[:, None, None] * fft_convolve(profile.detach(), psf)
+    nll, kl = elbo_terms(vae, stamp, psf, sigma, flux, c)
+    far = elbo_terms(vae, stamp.roll(3, dims=-1) + 5.0, psf, sigma, flux, c)[0]
+    assert nll.shape == kl.shape == (4,) and torch.isfinite(kl).all()
+    assert (far > nll).all()
+
+
+def test_sample_is_deterministic_with_flux_and_scale_set():
+    model = tiny_model()
+    rows = table()
+    a, b = model.generate(rows, seed=3), model.generate(rows, seed=3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, model.generate(rows, seed=4))
+    assert np.allclose(a.sum(axis=(1, 2)), flux_of(rows["mag"]), rtol=1e-4)
+    # row i depends on (seed, i) only: a prefix of the table gives the same galaxies
+    assert np.allclose(model.generate(rows.iloc[:2], seed=3), a[:2], rtol=1e-3)  # float batching
+    profiles = model.sample(rows, seed=3)
+    assert len(profiles) == 5 and all(isinstance(p, galsim.InterpolatedImage) for p in profiles)
+    assert profiles[1].flux == pytest.approx(flux_of(rows["mag"][1]))
+    drawn = profiles[1].drawImage(nx=16, ny=16, scale=0.2, method="no_pixel").array
+    assert np.allclose(drawn, a[1], rtol=1e-3, atol=1e-3 * a[1].max())
+    psf = galsim.Moffat(beta=3, fwhm=0.8)
+    seen = galsim.Convolve(profiles[0], psf).drawImage(nx=32, ny=32, scale=0.2, method="no_pixel")
+    assert seen.array.sum() == pytest.approx(profiles[0].flux, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.drop(columns=["z"]), "missing column(s) ['z']"),
+        (lambda t: t.assign(hlr=[0.5, -0.1, 0.5, 0.5, 0.5]), "hlr: sizes must be positive"),
+        (lambda t: t.assign(hlr=[0.5, 0.5, 0.0, 0.5, 0.5]), "at row 2"),
+        (lambda t: t.assign(mag=[20, np.nan, 21, 21, 21]), "mag: 1 non-finite value(s)"),
+    ],
+)
+def test_bad_input_is_one_line_data_error(change, message):
+    with pytest.raises(DataError) as err:
+        tiny_model().sample(change(table()), seed=0)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_outside_training_range_is_clipped_with_a_warning():
+    model = tiny_model()
+    rows = table().assign(z=[0.2, 5.0, 0.3, 0.4, 0.5])
+    with pytest.warns(PropertyRangeWarning, match=r"z: 1 value\(s\) outside the training range"):
+        out = model.generate(rows, seed=0)
+    high = model.conditions.high[model.conditions.names.index("z")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = model.generate(rows.assign(z=[0.2, high, 0.3, 0.4, 0.5]), seed=0)
+    assert np.array_equal(out, same)
+
+
+def test_input_tables_of_any_kind(tmp_path):
+    import pyarrow as pa
+    from astropy.table import Table
+
+    model = tiny_model()
+    rows = table(3)
+    expect = model.generate(rows, seed=1)
+    for other in (
+        pa.Table.from_pandas(rows),
+        Table.from_pandas(rows),
+        {k: rows[k].to_numpy() for k in rows},
+    ):
+        assert np.array_equal(model.generate(other, seed=1), expect)
+
+
+def test_bundle_round_trip_and_damaged_bundle(tmp_path):
+    model = tiny_model()
+    path = model.save(tmp_path / "bundle")
+    again = StampModel.load(path)
+    assert np.array_equal(again.generate(table(), seed=2), model.generate(table(), seed=2))
+    assert again.pixel_scale == 0.2 and again.conditions == model.conditions
+    (path / "vae.pt").write_bytes(b"not a state dict")
+    with pytest.raises(ModelNotFoundError, match="damaged stamp generator bundle"):
+        StampModel.load(path)
