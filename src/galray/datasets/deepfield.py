@@ -46,11 +46,14 @@ MAX_STAMP = 512  # pixels: the largest postage stamp one galaxy is drawn into
 class DeepFieldConfig:
     """What ``galray simulate deepfield`` draws (see the module docstring for the model).
 
-    size: pixels per side (square) unless ``height``/``width`` are given.  pixel_scale: arcsec.
+    size: pixels per side (square) unless ``height``/``width`` are given.  height / width:
+    pixels (default: ``size``).  pixel_scale: arcsec.
     bands / psf_fwhm (arcsec) / depth (5-sigma AB in a ``depth_aperture``-radius aperture): one
-    per band.  density: galaxies per arcmin² brighter than ``mag_faint`` (i band).
-    faint_slope: dex per magnitude of the counts fainter than 26.5.
-    ra, dec: image centre (deg; default the XDF's).
+    per band.  depth_aperture: radius of the depth's aperture, arcsec.  density: galaxies per
+    arcmin² brighter than ``mag_faint`` (i band).  mag_faint: the faintest galaxies drawn, AB
+    (i band).  faint_slope: dex per magnitude of the counts fainter than 26.5.
+    ra, dec: image centre (deg; default the XDF's).  seed: every random draw (the image is
+    deterministic for a seed).
     """
 
     size: int = 2048

@@ -42,6 +42,9 @@ class SurveyConfig:
     nside: HEALPix resolution of the condition maps (RING ordering unless ``ordering``).
     ra_range, dec_range: footprint box, degrees.
     shard_rows: rows per injection Parquet shard.
+    seed: every random draw (the output is deterministic for a seed).
+    write_fits_maps: also write the maps as partial healpy FITS files (the form survey maps
+    usually arrive in).
     spec: the survey: a preset name (``riz``, ``des-y6``, ``lsst``) or a SurveySpec YAML file.
     """
 

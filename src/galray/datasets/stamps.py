@@ -80,8 +80,10 @@ class StampSimConfig:
     """What ``galray simulate stamps`` draws (the population is in the module docstring).
 
     n: stamps.  size: pixels per side (even, >= 16).  pixel_scale: arcsec.  mag_range: AB
-    magnitudes.  psf_fwhm_range: Moffat FWHM, arcsec.  noise_range: per-pixel sigma, counts.
-    intrinsic: also store the noiseless pre-PSF image.  shard_rows: stamps per Parquet file.
+    magnitudes.  psf_fwhm_range: Moffat FWHM, arcsec.  psf_beta: the Moffat PSF's beta.
+    noise_range: per-pixel sigma, counts.  intrinsic: also store the noiseless pre-PSF image.
+    shard_rows: stamps per Parquet file.  seed: every random draw (each galaxy from its own
+    stream, so the stamps do not depend on sharding).
     """
 
     n: int = 2000

@@ -26,7 +26,8 @@ class NetConfig:
     """Width and depth of the emulator's MLPs.
 
     width: hidden units per layer.  depth: hidden layers.  noise_dim: generator noise dimensions.
-    activation: one of ``leaky_relu``, ``silu``, ``gelu``.
+    activation: one of ``leaky_relu``, ``silu``, ``gelu``.  detection_width / detection_depth:
+    hidden units and hidden layers of the detection model's MLP (either emulator model).
     """
 
     width: int = 256

@@ -48,10 +48,15 @@ class WorkerScaling:
 
 @dataclass
 class TrackingConfig:
-    """MLflow: experiment name, run name, registered model name and alias (empty: don't
-    register).  enabled: false skips MLflow entirely (the bundle is still saved under
-    storage_path).  Each product subclasses it with its own defaults, so a partial ``tracking:``
-    section or ``--set tracking.run_name=...`` keeps the product's experiment and name."""
+    """MLflow tracking of a training job.  Each product subclasses it with its own defaults, so a
+    partial ``tracking:`` section or ``--set tracking.run_name=...`` keeps the product's
+    experiment and name.
+
+    enabled: false skips MLflow entirely (the bundle is still saved under storage_path).
+    experiment: the MLflow experiment the run goes to.  run_name: the run's name (default: one
+    galray makes from the product and the run id).  registered_name: the registered model a new version is added to (empty:
+    don't register).  alias: the alias that version gets (empty: none).
+    """
 
     enabled: bool = True
     experiment: str = "galray"

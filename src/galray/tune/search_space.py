@@ -60,9 +60,12 @@ class TuneSettings:
     search space (times every ``grid`` combination).  max_concurrent_trials: trials running at
     once.  scheduler: ``asha`` (asynchronous successive halving: stops poor trials at rungs of
     ``grace_period * reduction_factor**k`` epochs) or ``fifo`` (every trial runs all epochs).
-    trial_cpus: CPU share of each trial's own process, which only drives its Ray Train workers
-    (their shares are ``train.scaling``).  seed: draws of the search space.  name: experiment
-    directory under ``storage_path`` (default ``tune-<product>-<time>``).
+    grace_period: epochs every trial runs before ASHA may stop it.  reduction_factor: ASHA's
+    rung spacing; about one trial in ``reduction_factor`` passes each rung.  trial_cpus: CPU
+    share of each trial's own process, which only drives its Ray Train workers (their shares are
+    ``train.scaling``).  seed: draws of the search space.  name: experiment
+    directory under ``storage_path`` (default ``tune-<product>-<time>``).  storage_path: where
+    sweep directories are kept (on a cluster, storage every node reads and writes).
     """
 
     metric: str | None = None
