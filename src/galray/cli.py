@@ -24,13 +24,38 @@ COMMAND_MODULES = (
     "galray.commands.emulate",
     "galray.commands.tune",
     "galray.commands.quickstart",
+    "galray.commands.config",
 )
+
+DESCRIPTION = """\
+Generative emulators of astronomical survey data on Ray: simulate or ingest survey data, train
+a product's model with Ray Train (tune it with Ray Tune), track and register it in MLflow, then
+evaluate it against known truth and generate or emulate data at scale."""
+
+EPILOG = """\
+examples:
+    galray quickstart --out galray-quickstart
+    galray train emulator --config configs/emulator-smoke.yaml --set epochs=5
+    galray config show emulator --config configs/emulator-smoke.yaml
+    galray tune emulator --config configs/tune-emulator-smoke.yaml --dry-run
+
+environment:
+  MLFLOW_TRACKING_URI  where runs and models are tracked (default: sqlite:///./mlflow.db)
+  RAY_ADDRESS          run on this Ray cluster (default: start a local instance, loopback only)
+  RAY_AUTH_MODE        token: the CLI of a token-authenticated Ray cluster (Ray 2.60)
+  GALRAY_SHARED        storage every node of a cluster reads and writes ('$GALRAY_SHARED/runs'
+                       in jobs/ arguments expands on the cluster)
+  GALRAY_CACHE         models downloaded from a registry (default: ~/.cache/galray)
+
+docs: README.md, docs/ (config.md: every config field; data.md: bringing your own data);
+each command's own help: galray COMMAND --help"""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from galray.commands.common import HelpFormatter, add_group_examples
+
     parser = argparse.ArgumentParser(
-        prog="galray",
-        description="Generative emulators of astronomical survey data on Ray.",
+        prog="galray", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -38,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         module.register(sub, groups)
+    add_group_examples(parser)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import sys
 
 from galray.errors import ConfigError
 
@@ -30,6 +31,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         default = action.default
         shown = (
             "%(default)" not in text
+            and "default" not in text.lower()  # the help already says what it is
             and not action.required
             and default is not None
             and default is not False
@@ -45,11 +47,54 @@ def _sentence(text: str) -> str:
 
 
 def group(sub, groups: dict, name: str, help: str):
-    """The ``galray NAME ...`` group parser (created once, shared by modules)."""
+    """The ``galray NAME ...`` group parser (created once, shared by modules); its examples are
+    its commands' (:func:`add_group_examples`)."""
     if name not in groups:
-        p = sub.add_parser(name, help=help, description=_sentence(help))
+        p = sub.add_parser(
+            name, help=help, description=_sentence(help), formatter_class=HelpFormatter
+        )
         groups[name] = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     return groups[name]
+
+
+def examples(parser: argparse.ArgumentParser) -> list[str]:
+    """The example command lines in a parser's description and epilog."""
+    lines = f"{parser.description or ''}\n{parser.epilog or ''}".splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if line[:1].isspace() and line.strip().startswith("galray "):
+            example = [line.strip()]
+            while example[-1].endswith("\\") and i + 1 < len(lines):  # continued
+                i += 1
+                example.append("    " + lines[i].strip())
+            out.append("\n".join(example))
+    return out
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser's subcommands by name, aliases left out."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if all(child is not seen for seen in out.values()):
+                    out[name] = child
+    return out
+
+
+def add_group_examples(parser: argparse.ArgumentParser) -> None:
+    """Give every group parser (``galray train``) an epilog with its commands' first example
+    and where their own help is."""
+    for child in subcommands(parser).values():
+        commands = subcommands(child)
+        if not commands:
+            continue
+        lines = [examples(c)[0] for c in commands.values() if examples(c)]
+        child.epilog = (
+            "examples:\n"
+            + "".join("".join(f"    {ln}\n" for ln in ex.splitlines()) for ex in lines)
+            + f"\nEach command's own options: {child.prog} WHAT --help"
+        )
 
 
 def command(parent, name: str, handler, *, help: str | None = None, description=None, **kwargs):
@@ -59,9 +104,10 @@ def command(parent, name: str, handler, *, help: str | None = None, description=
     docstring (``help`` and ``description`` override them)."""
     doc = inspect.cleandoc(handler.__doc__ or "")
     first = " ".join(doc.split("\n\n")[0].split())
+    lower = first[:1] if first[:2].isupper() else first[:1].lower()  # FITS stays FITS
     p = parent.add_parser(
         name,
-        help=help or (first[:1].lower() + first[1:]).rstrip("."),
+        help=help or (lower + first[1:]).rstrip("."),
         description=description or doc,
         formatter_class=HelpFormatter,
         **kwargs,
@@ -89,6 +135,24 @@ def per_product(parent, handler, help: str, description: str):
         )
         p.set_defaults(product=name)
         yield p
+
+
+class _Deprecated(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's ``dest`` and says which
+    to use instead (on stderr)."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"galray: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
+    """``old`` as a hidden, deprecated alias of option ``new`` (which stores into ``dest``)."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, default=argparse.SUPPRESS, **kwargs)
 
 
 def add_set(p: argparse.ArgumentParser, help: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from galray.commands.common import add_model, add_output, command
+from galray.commands.common import add_deprecated, add_model, add_output, command
 
 
 def register(sub, groups) -> None:
@@ -20,7 +20,15 @@ def register(sub, groups) -> None:
     p.add_argument("--realizations", type=int, default=1, help="placements of the deep catalog")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--positions", help="Parquet with ra, dec [, deep_id: a deep catalog id]")
-    p.add_argument("--chunk-rows", type=int, default=500_000, help="rows per output shard")
+    p.add_argument(
+        "--shard-rows",
+        dest="chunk_rows",
+        metavar="N",
+        type=int,
+        default=500_000,
+        help="deep rows (or positions) per output shard",
+    )
+    add_deprecated(p, "--chunk-rows", "--shard-rows", "chunk_rows", type=int)
     p.add_argument("--workers", type=int, help="actors (default: GPUs, else CPUs)")
     p.add_argument(
         "--resume",

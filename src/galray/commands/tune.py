@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from galray.commands.common import add_set, fidelity_line, group, per_product
+from galray.commands.config import add_dry_run
 
 
 def register(sub, groups) -> None:
@@ -29,10 +30,12 @@ def register(sub, groups) -> None:
             "override a field: train.epochs=4, tune.num_samples=8, "
             "'search.net.width={choice: [64, 128]}' (repeatable; not with --resume)",
         )
+        add_dry_run(p)
 
 
 def _tune(args: argparse.Namespace) -> int:
     r"""Search a product's hyperparameters with Ray Tune (ASHA) and register the best model."""
+    from galray.commands.config import dry_run_sweep
     from galray.errors import ConfigError
     from galray.products import get_product
     from galray.tune.search_space import load_sweep
@@ -40,6 +43,8 @@ def _tune(args: argparse.Namespace) -> int:
 
     spec = get_product(args.product)
     if args.resume:
+        if args.dry_run:
+            raise ConfigError("--dry-run: checks a new sweep's --config, not a --resume")
         if args.overrides:
             raise ConfigError("--set: a resumed sweep keeps its config; --set is not allowed")
         result = resume_sweep(args.resume, product=spec.name)
@@ -47,6 +52,8 @@ def _tune(args: argparse.Namespace) -> int:
         sweep = load_sweep(
             spec.name, spec.config_cls, args.config, args.overrides, fixed=spec.fixed
         )
+        if args.dry_run:
+            return dry_run_sweep(spec, sweep)
         result = start_sweep(spec, sweep)
     return print_summary(result)
 
