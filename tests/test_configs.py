@@ -87,3 +87,23 @@ def test_string_choices_are_validated_literals(build, message):
 def test_yaml_booleans_map_onto_true_false_choices():
     cfg = load_config(get_product("deepfield").config_cls, None, ["channels_last=true"])
     assert cfg.channels_last == "true"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(CONFIGS.glob("*.yaml")) if not p.stem.startswith("tune-")],
+    ids=lambda p: p.name,
+)
+def test_only_configs_that_intend_it_simulate_missing_data(path):
+    """A mistyped data path must never train on a simulation: only the smoke and CPU configs,
+    which write their own synthetic data, set data.simulate_if_missing (and say what to write);
+    the survey-sized GPU configs, pointed at real data on a cluster, leave it off."""
+    spec = get_product(_product(path))
+    cfg = load_config(spec.config_cls, path)
+    if not hasattr(cfg.data, "simulate_if_missing"):
+        pytest.skip(f"{spec.name}: its data section has no simulate_if_missing yet")
+    intends = path.stem.endswith(("-smoke", "-cpu"))
+    assert cfg.data.simulate_if_missing is intends
+    assert not intends or cfg.data.simulate is not None
+    default = load_config(spec.config_cls, None, ["data.image=x.fits"][: spec.name == "deepfield"])
+    assert default.data.simulate_if_missing is False

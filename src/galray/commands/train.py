@@ -1,4 +1,5 @@
-"""``galray train PRODUCT --config FILE [--set key=value ...]`` for every product."""
+"""``galray train PRODUCT --config FILE [--set key=value ...] [--resume RUN]`` for every
+product."""
 
 from __future__ import annotations
 
@@ -14,9 +15,22 @@ def register(sub, groups) -> None:
         _train,
         help="train {summary}",
         description="Train {summary}.\n\n{about}  Example:\n"
-        "    galray train {name} --config configs/{name}-smoke.yaml --set epochs=5",
+        "    galray train {name} --config configs/{name}-smoke.yaml --set epochs=5\n\n"
+        "An interrupted run (Ctrl-C, SIGTERM, a failure; MLflow shows it KILLED or FAILED) "
+        "continues with the same config and --resume RUN: the same MLflow run, from its latest "
+        "checkpoint, metrics from the next epoch.  Fields that do not shape the networks "
+        "(epochs, time_budget_s, ...) may change; a changed network shape is refused.  A new "
+        "run may not reuse the tracking.run_name of an existing one.  Data paths that do not "
+        "exist are an error unless data.simulate_if_missing is true (the smoke and CPU "
+        "configs), which simulates the synthetic data data.simulate describes there.",
     ):
         add_config(p, "optim.batch_size=256")
+        p.add_argument(
+            "--resume",
+            metavar="RUN",
+            help="continue the interrupted run RUN (MLflow run id or run name; without "
+            "tracking, the run name under storage_path) from its latest checkpoint",
+        )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -27,6 +41,6 @@ def _train(args: argparse.Namespace) -> int:
 
     spec = get_product(args.product)
     cfg = load_config(spec.config_cls, args.config, args.overrides)
-    result = run_training(spec, cfg)
+    result = run_training(spec, cfg, resume=args.resume)
     print_trained(result, cfg.tracking.enabled)
     return 0

@@ -25,14 +25,17 @@ class FieldDataConfig:
     """The training image.
 
     image: a multi-band FITS field (one HDU per band or a cube).  bands: HDU names to use, in
-    order (default: all).  simulate: if ``image`` does not exist, render a synthetic deep field
-    there first with these :class:`~galray.datasets.deepfield.DeepFieldConfig` fields.
+    order (default: all).  simulate: the :class:`~galray.datasets.deepfield.DeepFieldConfig`
+    fields of a synthetic deep field.  simulate_if_missing: if ``image`` does not exist, render
+    that field there first (and say so); off (the default), a missing image is an error naming
+    the field.
     intensity: how pixel values are scaled into the generator's (0, 1) range.
     """
 
     image: str = "data/deepfield.fits"
     bands: list[str] | None = None
     simulate: DeepFieldConfig | None = None
+    simulate_if_missing: bool = False
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
     def __post_init__(self) -> None:

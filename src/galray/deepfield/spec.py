@@ -1,7 +1,7 @@
 """The deep-field generator as a product of the job skeleton (:mod:`galray.training.job`): what
 ``galray train deepfield``, ``galray tune deepfield`` and ``jobs/train_deepfield.py`` run.
 
-Data: the multi-band FITS field ``data.image`` (rendered first if ``data.simulate`` asks for
+Data: the multi-band FITS field ``data.image`` (rendered first if ``data.simulate_if_missing`` asks for
 it), with its intensity scaling fitted once on the driver; the scaled image reaches every worker
 through Ray's object store.  Export: the generator of a checkpoint (EMA weights if kept) as a
 :class:`~galray.deepfield.bundle.DeepFieldModel`.  Evaluation: a field the size of the training
@@ -39,12 +39,29 @@ class TrainingField:
 
 
 def prepare(cfg: DeepFieldTrainConfig, log) -> DeepFieldTrainConfig:
-    """``data.simulate``: render the synthetic deep field first if ``data.image`` does not exist."""
-    if cfg.data.simulate is not None and not Path(cfg.data.image).exists():
-        from galray.datasets.deepfield import simulate_deepfield
+    """Check that ``data.image`` exists; with ``data.simulate_if_missing``, render the synthetic
+    deep field ``data.simulate`` describes there first."""
+    image, sim = cfg.data.image, cfg.data.simulate
+    if Path(image).exists():
+        return cfg
+    if not (cfg.data.simulate_if_missing and sim is not None):
+        if sim is not None and not cfg.data.simulate_if_missing:
+            hint = (
+                " (a typo?  To render the synthetic field data.simulate describes there, set "
+                "data.simulate_if_missing: true)"
+            )
+        elif cfg.data.simulate_if_missing:
+            hint = " (data.simulate_if_missing is on, but there is no data.simulate section)"
+        else:
+            hint = " (or render a synthetic one: galray simulate deepfield)"
+        raise ConfigError(f"data.image: {image} does not exist{hint}")
+    from galray.datasets.deepfield import simulate_deepfield
 
-        log(f"{cfg.data.image} does not exist: simulating it (data.simulate)")
-        simulate_deepfield(cfg.data.image, cfg.data.simulate, log=log)
+    log(
+        f"data.image: {image} does not exist: simulating a synthetic deep field there "
+        "(data.simulate_if_missing)"
+    )
+    simulate_deepfield(image, sim, log=log)
     return cfg
 
 

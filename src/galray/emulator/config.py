@@ -30,9 +30,11 @@ class CatalogDataConfig:
     spec: the survey spec (:mod:`galray.datasets.survey`: a preset name such as ``des-y6`` or a
     YAML file); default: the ``survey.json`` of the survey or catalog directory, else ``riz``.
     use_size: give the model ``true_size`` as an input (default: when the catalog has it).
-    max_val_rows: validation rows scored each reported epoch.  simulate: if ``survey`` does not
-    exist, write a synthetic survey there first with these
-    :class:`~galray.datasets.simulate.SurveyConfig` fields.
+    max_val_rows: validation rows scored each reported epoch.  simulate: the
+    :class:`~galray.datasets.simulate.SurveyConfig` fields of a synthetic survey.
+    simulate_if_missing: if ``survey`` does not exist, write that synthetic survey there first
+    (and say so); off (the default), a missing path is an error naming the field -- a config
+    pointing at real data must never train on a simulation of a mistyped path.
     """
 
     survey: str | None = None
@@ -45,6 +47,7 @@ class CatalogDataConfig:
     use_size: bool | None = None
     max_val_rows: int = 20_000
     simulate: SurveyConfig | None = None
+    simulate_if_missing: bool = False
 
     def __post_init__(self) -> None:
         require(

@@ -25,19 +25,41 @@ from galray.emulator.bundle import Emulator, build_generator
 from galray.emulator.config import EmulatorTrainConfig
 from galray.emulator.features import EmulatorFeatures
 from galray.emulator.loop import CHECKPOINT_FEATURES, train_loop
+from galray.errors import ConfigError
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
 
 def prepare(cfg: EmulatorTrainConfig, log) -> EmulatorTrainConfig:
-    """``data.simulate``: write the synthetic survey first if ``data.survey`` does not exist."""
-    sim, survey = cfg.data.simulate, cfg.data.survey
-    if sim is not None and survey is not None and not Path(survey).exists():
+    """Check that the data ``cfg.data`` names exists; with ``data.simulate_if_missing``, write
+    the synthetic survey ``data.simulate`` describes at a missing ``data.survey`` first."""
+    data = cfg.data
+    if data.survey is not None and not Path(data.survey).exists():
+        if not (data.simulate_if_missing and data.simulate is not None):
+            raise ConfigError(f"data.survey: {data.survey} does not exist{_hint(data)}")
         from galray.datasets.simulate import simulate_survey
 
-        log(f"{survey} does not exist: simulating it (data.simulate)")
-        simulate_survey(survey, sim, log=log)
+        log(
+            f"data.survey: {data.survey} does not exist: simulating a synthetic survey there "
+            "(data.simulate_if_missing)"
+        )
+        simulate_survey(data.survey, data.simulate, log=log)
+    for name in ("catalog", "maps"):
+        path = getattr(data, name)
+        if not Path(path).exists():
+            raise ConfigError(f"data.{name}: {path} does not exist")
     return cfg
+
+
+def _hint(data) -> str:
+    if data.simulate is not None and not data.simulate_if_missing:
+        return (
+            " (a typo?  To write the synthetic survey data.simulate describes there, set "
+            "data.simulate_if_missing: true)"
+        )
+    if data.simulate_if_missing:
+        return " (data.simulate_if_missing is on, but there is no data.simulate section)"
+    return " (ingest a catalog there, or write a synthetic one: galray simulate survey)"
 
 
 def absolute_paths(cfg: EmulatorTrainConfig) -> EmulatorTrainConfig:
@@ -189,6 +211,8 @@ SPEC = ProductSpec(
     export=emulator_from_checkpoint,
     evaluate=_evaluate,
     reads_data=True,
+    # what the networks' and the features' shapes depend on (a resumed run must keep them)
+    shape_fields=("model", "net", "flow", "whiten_targets", "data.spec", "data.use_size"),
 )
 
 

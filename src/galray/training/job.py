@@ -6,18 +6,17 @@ A product declares what differs in a :class:`ProductSpec` -- its config class, h
 and load its data, its ``TorchTrainer``, how a checkpoint becomes its bundle, its registry entry
 and its evaluation -- and nothing else::
 
-    prepare(cfg)        driver, before Ray: write data the config asks to simulate, check inputs
+    prepare(cfg)        driver, before Ray: check the data exists (or simulate it, if asked)
     load_data(cfg)      driver: the training data's handle (a catalog, an image), checked
-    MLflow run          params (the config, flattened) and the data's own params
+    run                 new or resumed (galray.training.runs): directory, lock, MLflow run
+                        with the config as params; ended FINISHED, KILLED or FAILED
     build_trainer(...)  the product's Ray Train job; .fit() trains, checkpoints, resumes
     publish(...)        checkpoint -> bundle (saved) -> MLflow model (registered) -> report
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,11 @@ class ProductSpec:
     kind: its :class:`galray.registry.BundleKind`.  metric, mode: the default metric a sweep
     ranks trials by (reported every epoch).  fixed: config fields a sweep may not search.
     reads_data: the trainer reads Ray Data datasets (so a local Ray instance must keep a CPU free).
+    shape_fields: config fields (dotted prefixes) a checkpoint's state depends on: resuming a
+    run with any of them changed is refused, naming them.
 
-    prepare(cfg, log) -> cfg: driver side, before Ray starts; write the data ``data.simulate``
-    asks for, check inputs.  absolute_paths(cfg) -> cfg: the config with every path absolute
+    prepare(cfg, log) -> cfg: driver side, before Ray starts; check that the data exists, or
+    write it when ``data.simulate_if_missing`` asks (saying so in one line).  absolute_paths(cfg) -> cfg: the config with every path absolute
     (trials run in other directories, possibly other nodes).  load_data(cfg) -> data: the
     training data's handle.  log_data(data): MLflow params/artifacts describing the data (in
     the active run); describe_data(data): one line about it for the console (rows, rows
@@ -66,6 +67,7 @@ class ProductSpec:
     export: Callable[..., Any]
     evaluate: Callable[..., dict | None]
     reads_data: bool = False
+    shape_fields: tuple[str, ...] = ("net",)
     fixed: tuple[str, ...] = ("epochs", "tracking", "storage_path", "data", "debug_fail_at_epoch")
 
 
@@ -93,12 +95,18 @@ class TrainResult:
     seconds: float
 
 
-def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainResult:
+def run_training(
+    spec: ProductSpec, cfg: TrainJobConfig, *, resume: str | None = None, log=print
+) -> TrainResult:
     """Train ``spec``'s model as ``cfg`` says: save its bundle under ``storage_path/<run
     name>/<bundle_dir>``, log and register it in MLflow (unless ``tracking.enabled`` is false)
-    and score it (when the product's evaluation is on)."""
+    and score it (when the product's evaluation is on).
+
+    resume: an interrupted run's MLflow run id or name (without tracking: its name) to continue
+    -- the same MLflow run, from its latest checkpoint (:mod:`galray.training.runs`)."""
     import ray.data
 
+    from galray.training import runs
     from galray.training.ray_env import init_ray
     from galray.training.trainer import check_room_for_data
 
@@ -106,31 +114,26 @@ def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainR
     cfg = spec.prepare(cfg, log)
     data = spec.load_data(cfg)  # bad input fails before Ray starts
     log(spec.describe_data(data))
+    storage = Path(cfg.storage_path).resolve()
+    target = runs.resolve(spec, cfg, storage, resume, log)  # so does a bad --resume
     init_ray()
     check_room_for_data(cfg.scaling, reads_data=spec.reads_data)  # before anything is logged
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
-    storage = Path(cfg.storage_path).resolve()
 
-    run_ctx, mlflow_info = contextlib.nullcontext(None), {}
-    if cfg.tracking.enabled:  # MLflow is imported only when used
-        import mlflow
+    with runs.driver_run(spec, cfg, target, storage, log) as run:
+        if run.tracked:
+            import mlflow
 
-        from galray import tracking
-
-        uri = tracking.configure_tracking()
-        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment)
-        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
-    with run_ctx as run:
-        run_id = run.info.run_id if run is not None else uuid.uuid4().hex
-        name = cfg.tracking.run_name or f"{spec.bundle_dir}-{run_id[:8]}"
-        if run is not None:
-            mlflow_info = {"tracking_uri": uri, "run_id": run_id}
-            tracking.log_params_flat(to_dict(cfg))
-            spec.log_data(data)
-            log(f"MLflow run {run_id} ({uri})")
+            if not run.resumed:
+                spec.log_data(data)
+            log(f"MLflow run {run.run_id} ({run.mlflow_info['tracking_uri']})")
         trainer = spec.build_trainer(
-            cfg, data, storage=str(storage), name=name, mlflow_info=mlflow_info
+            cfg,
+            data,
+            storage=str(run.directory.parent),
+            name=run.name,
+            mlflow_info=run.mlflow_info,
         )
         result = trainer.fit()
         if result.checkpoint is None:
@@ -139,17 +142,17 @@ def run_training(spec: ProductSpec, cfg: TrainJobConfig, *, log=print) -> TrainR
             spec,
             cfg,
             result.checkpoint,
-            storage / name,
+            run.directory,
             data=data,
-            run_id=run_id if run is not None else None,
-            info={"run_id": run_id},  # the job's id even without MLflow
+            run_id=run.run_id if run.tracked else None,
+            info={"run_id": run.run_id},  # the job's id even without MLflow
             log=log,
         )
         seconds = time.perf_counter() - t0
-        if run is not None:
+        if run.tracked:
             mlflow.log_metric("job_seconds", seconds)
     return TrainResult(
-        run_id=run_id,
+        run_id=run.run_id,
         model_uri=published.model_uri,
         registered_uri=published.registered_uri,
         bundle_path=published.bundle,
