@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 import torch
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
+from galray.datasets.survey import load_spec
 from galray.emulator.bundle import Emulator, build_generator
 from galray.emulator.emulate import PARQUET_WRITE, EmulateConfig, emulate
 from galray.emulator.features import EmulatorFeatures
@@ -66,7 +67,7 @@ def make_model(root: Path, kind: str, width: int, depth: int) -> tuple[Path, dic
     for c in cond.columns:
         inj[c] = cond[c].reindex(inj.pixel).to_numpy()
     cols = {c: inj[c].to_numpy() for c in inj.columns}
-    features = EmulatorFeatures.fit(cols)
+    features = EmulatorFeatures.fit(cols, load_spec(root / "survey"))
     net = NetConfig(width=width, depth=depth)
     flow = FlowConfig() if kind == "flow" else None  # the default shape
     torch.manual_seed(0)
@@ -113,6 +114,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", choices=("gan", "flow"), default="gan")
+    p.add_argument("--preset", default="riz", help="survey spec preset: riz, des-y6 or lsst")
     p.add_argument(
         "--model-only", action="store_true", help="only the model-only rate (no Ray pipeline)"
     )
@@ -128,7 +130,11 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="galray-bench-"))
     try:
         sim = SurveyConfig(
-            n_injections=200_000, n_deep=args.deep_rows, nside=512, write_fits_maps=False
+            n_injections=200_000,
+            n_deep=args.deep_rows,
+            nside=512,
+            write_fits_maps=False,
+            spec=args.preset,
         )
         simulate_survey(scratch / "survey", sim, log=lambda *_: None)
         model, cols = make_model(scratch, args.model, args.width, args.depth)
@@ -156,14 +162,14 @@ def main() -> None:
             )
             return emulate(cfg, log=lambda *_: None, progress=False)
 
-        import ray
+        from galray.training.ray_env import init_ray
 
-        ray.init(log_to_driver=False)
+        init_ray(log_to_driver=False)
         run(1, "warm")  # actor start-up, imports
         end = run(args.realizations, "out")
         roof = roofline(scratch / "out", scratch)
         model_only = model_rate(model, cols, min(end["rows"], args.model_rows))
-        print(f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  {shape}")
+        print(f"# {datetime.date.today()}  {device}, {os.cpu_count()} CPUs  {shape}, {args.preset}")
         print(f"rows: {end['rows']:,} ({args.deep_rows:,} deep x {args.realizations} realizations)")
         print(f"roofline (pyarrow read->numpy->write): {roof:>14,.0f} rows/s")
         print(f"model only (Emulator.sample):          {model_only:>14,.0f} rows/s")

@@ -181,3 +181,19 @@ def test_map_without_ordering_keyword(tmp_path):
     with fits.open(path, mode="update") as hdul:
         del hdul[1].header["ORDERING"]
     _fails(tmp_path, _ingest_maps([str(path)]), DataError, "o.fits", "ORDERING")
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 26])
+def test_union_of_defined_pixels_counts_each_pixel_once(chunk):
+    """The summary's "defined in some map" count: every pixel defined anywhere, once, whatever
+    the bitmap's chunk (pixel ranges straddling chunk edges, an empty map)."""
+    from types import SimpleNamespace
+
+    from galray.datasets.ingest_maps import _union_size
+
+    rng = np.random.default_rng(3)
+    maps = {f"m{i}": SimpleNamespace(pixels=np.unique(rng.integers(0, 500, 150))) for i in range(4)}
+    maps["empty"] = SimpleNamespace(pixels=np.zeros(0, dtype=np.int64))
+    union = np.unique(np.concatenate([m.pixels for m in maps.values()]))
+    assert _union_size(maps, chunk=chunk) == union.size
+    assert _union_size({"empty": maps["empty"]}) == 0

@@ -369,11 +369,24 @@ class MapIngestSummary:
         return out
 
 
-def _union_size(maps: dict[str, HealpixMap]) -> int:
-    union = np.zeros(0, dtype=np.int64)
-    for m in maps.values():
-        union = np.union1d(union, m.pixels)
-    return int(union.size)
+def _union_size(maps: dict[str, HealpixMap], chunk: int = 1 << 26) -> int:
+    """How many pixels are defined in at least one map: a bitmap over one range of pixel indices
+    at a time (each map's pixels are ascending), so O(total pixels) time and ``chunk`` bytes,
+    where repeated ``np.union1d`` re-sorted the growing union for every map."""
+    arrays = [m.pixels for m in maps.values() if m.pixels.size]
+    if not arrays:
+        return 0
+    top = max(int(a[-1]) for a in arrays) + 1
+    seen = np.zeros(min(chunk, top), dtype=bool)
+    total = 0
+    for lo in range(0, top, chunk):
+        hi = min(lo + chunk, top)
+        seen[:] = False
+        for a in arrays:
+            part = a[np.searchsorted(a, lo) : np.searchsorted(a, hi)]
+            seen[part - lo] = True
+        total += int(np.count_nonzero(seen[: hi - lo]))
+    return total
 
 
 def ingest_maps(
