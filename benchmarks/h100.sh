@@ -20,6 +20,7 @@
 #            (PZFlow's reference on an H100: 0.524 in 45 s; target: flow <= 0.52)
 #   emulate  end-to-end `galray emulate` on Ray, 2M deep x 50 realizations = 100M    (~6)
 #            target: >= 5M rows/s; needs Ray (the site pack) and writes ~5 GB
+#   stamps   galaxy-stamp generator (issue 18): 48x48 stamps/s generated and trained      (~1)
 #
 # GALRAY_SMALL=1 shrinks every stage to a minute on a CPU, to check the script itself.
 set -uo pipefail
@@ -78,11 +79,15 @@ for m in ['ray', 'healpy', 'astropy', 'zuko', 'sklearn', 'yaml', 'tqdm', 'mlflow
       stage emulate "$py" benchmarks/bench_emulate.py --skip-memory \
         --deep-rows "$(pick 2000000 20000)" --realizations "$(pick 50 2)" \
         --model-rows "$(pick 4000000 20000)" ;;
+    stamps)
+      stage stamps "$py" benchmarks/bench_stamps.py --net "$(pick default smoke)" \
+        --rows "$(pick 262144 256)" --batch "$(pick 8192 256)" \
+        --train-batch "$(pick 512 32)" --galsim-rows "$(pick 200 10)" --repeats "$(pick 5 1)" ;;
     *)
-      echo "unknown stage $1 (imports step sample sgan compare emulate)" >&2
+      echo "unknown stage $1 (imports step sample sgan compare emulate stamps)" >&2
       return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || set -- imports step sample sgan
+[ $# -gt 0 ] || set -- imports step sample sgan stamps
 for s in "$@"; do run_stage "$s" || exit $?; done
