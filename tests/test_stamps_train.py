@@ -118,3 +118,20 @@ def test_smoke_training_registers_a_model_that_learned(
     runs = mlflow.search_runs(experiment_names=["galray-evaluation"])
     assert "metrics.monotonic_rho_min" in runs.columns
     assert "report:" in capsys.readouterr().out
+
+
+def test_missing_stamps_name_the_field_unless_simulation_is_asked(tmp_path):
+    from galray.stamps.spec import prepare
+
+    missing = tmp_path / "nowhere"
+    cfg = load_config(StampsTrainConfig, SMOKE, [f"data.stamps={missing}"])
+    cfg.data.simulate_if_missing = False
+    with pytest.raises(ConfigError, match=r"^data.stamps: .*nowhere does not exist"):
+        prepare(cfg, log=lambda _: None)
+    assert not missing.exists()
+    cfg.data.simulate_if_missing = True
+    cfg.data.simulate = StampSimConfig(n=12, size=32, seed=0)
+    lines = []
+    prepare(cfg, log=lines.append)
+    assert read_stamps(missing)["stamp"].shape == (12, 32, 32)
+    assert "simulate_if_missing" in lines[0]

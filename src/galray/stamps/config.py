@@ -17,13 +17,15 @@ class StampDataConfig:
     """The training stamps.
 
     stamps: a directory written by ``galray simulate stamps`` (train split: ``id % 10 < 8``,
-    validation ``8``, test ``9``).  simulate: if ``stamps`` does not exist, render it first with
-    these :class:`~galray.datasets.stamps.StampSimConfig` fields.  max_val_rows: validation stamps
-    rank 0 scores each reported epoch.
+    validation ``8``, test ``9``).  simulate: the :class:`~galray.datasets.stamps.StampSimConfig`
+    fields of synthetic stamps.  simulate_if_missing: if ``stamps`` does not exist, render those
+    there first (and say so); off (the default), a missing directory is an error naming the
+    field.  max_val_rows: validation stamps rank 0 scores each reported epoch.
     """
 
     stamps: str = "data/stamps"
     simulate: StampSimConfig | None = None
+    simulate_if_missing: bool = False
     max_val_rows: int = 512
 
     def __post_init__(self) -> None:

@@ -1,8 +1,8 @@
 """The stamp generator as a product of the job skeleton (:mod:`galray.training.job`): what
 ``galray train stamps``, ``galray tune stamps`` and ``jobs/train_stamps.py`` run.
 
-Data: a stamps directory (``galray simulate stamps``; rendered first if ``data.simulate`` asks
-for it); the train and validation splits reach the workers through Ray Data, the conditions'
+Data: a stamps directory (``galray simulate stamps``; rendered first if
+``data.simulate_if_missing`` asks for it); the train and validation splits reach the workers through Ray Data, the conditions'
 standardisation and training range are fitted once on the driver from the train split's
 properties.  Export: the VAE of a checkpoint (EMA weights if kept) as a
 :class:`~galray.stamps.bundle.StampModel`.  Evaluation: generated vs simulated stamps of the test
@@ -39,12 +39,23 @@ class TrainingStamps:
 
 
 def prepare(cfg: StampsTrainConfig, log) -> StampsTrainConfig:
-    """``data.simulate``: render the stamps first if ``data.stamps`` does not exist."""
-    if cfg.data.simulate is not None and not Path(cfg.data.stamps).exists():
-        from galray.datasets.stamps import simulate_stamps
+    """Check that ``data.stamps`` exists; with ``data.simulate_if_missing``, render the stamps
+    ``data.simulate`` describes there first."""
+    path, sim = cfg.data.stamps, cfg.data.simulate
+    if Path(path).exists():
+        return cfg
+    if not (cfg.data.simulate_if_missing and sim is not None):
+        if sim is not None:
+            hint = " (to render the stamps data.simulate describes, set data.simulate_if_missing)"
+        elif cfg.data.simulate_if_missing:
+            hint = " (data.simulate_if_missing is on, but there is no data.simulate section)"
+        else:
+            hint = " (or render synthetic ones: galray simulate stamps)"
+        raise ConfigError(f"data.stamps: {path} does not exist{hint}")
+    from galray.datasets.stamps import simulate_stamps
 
-        log(f"{cfg.data.stamps} does not exist: simulating it (data.simulate)")
-        simulate_stamps(cfg.data.stamps, cfg.data.simulate, log=lambda _: None)
+    log(f"data.stamps: {path} does not exist: simulating stamps there (data.simulate_if_missing)")
+    simulate_stamps(path, sim, log=lambda _: None)
     return cfg
 
 
