@@ -243,3 +243,44 @@ def test_dry_run_refuses_more_cpus_than_the_machine_has(capsys, tmp_path, monkey
     ])  # fmt: skip
     assert code == 2
     assert re.search(r"^  FAIL  scaling.cpus_per_worker: 512 worker\(s\) x 0.4 CPUs", out, re.M)
+
+
+def test_train_dry_run_opens_the_data_and_starts_nothing(capsys, tmp_path, monkeypatch):
+    from galray.datasets.simulate import SurveyConfig, simulate_survey
+
+    survey = tmp_path / "survey"
+    cfg = SurveyConfig(n_injections=3000, n_deep=1000, nside=32, seed=1, write_fits_maps=False)
+    simulate_survey(survey, cfg, log=lambda *_: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = set(tmp_path.rglob("*"))
+    argv = ["train", "emulator", "--config", str(CONFIGS / "emulator-flow-smoke.yaml"),
+            "--set", f"data.survey={survey}", "--set", "data.simulate_if_missing=false",
+            "--set", f"storage_path={tmp_path}/runs", "--dry-run"]  # fmt: skip
+    code, out, err = _dry(capsys, argv)
+    assert code == 0, err
+    assert re.search(rf"^\* data.survey: str \| None = survey -> {survey}$", out, re.M)
+    assert re.search(r"^  ok    data: .*\d", out, re.M)  # the catalog, opened: its rows
+    assert re.search(rf"^  ok    storage_path: {tmp_path}/runs will be created", out, re.M)
+    assert out.rstrip().endswith("dry run: nothing started (no Ray, no MLflow)")
+    _nothing_started(tmp_path, before)
+
+    code, out, _ = _dry(capsys, [*argv, "--resume", "flow-1234"])
+    assert code == 0 and "  note  --resume flow-1234" in out
+
+
+@pytest.mark.parametrize(
+    ("product", "field", "simulate"),
+    [("deepfield", "data.image", False), ("stamps", "data.stamps", True)],
+)
+def test_train_dry_run_missing_data(capsys, tmp_path, monkeypatch, product, field, simulate):
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    argv = ["train", product, "--config", str(CONFIGS / f"{product}-smoke.yaml"),
+            "--set", f"{field}={tmp_path}/absent", "--set", f"storage_path={tmp_path}/runs",
+            "--set", f"data.simulate_if_missing={str(simulate).lower()}", "--dry-run"]  # fmt: skip
+    code, out, _ = _dry(capsys, argv)
+    status = "would" if simulate else "FAIL "
+    assert re.search(rf"^  {status} {field}: {tmp_path}/absent", out, re.M), out
+    assert code == (0 if simulate else 2)
+    _nothing_started(tmp_path, before)

@@ -37,7 +37,7 @@ examples:
     galray quickstart --out galray-quickstart
     galray train emulator --config configs/emulator-smoke.yaml --set epochs=5
     galray config show emulator --config configs/emulator-smoke.yaml
-    galray tune emulator --config configs/tune-emulator-smoke.yaml --dry-run
+    galray train emulator --config configs/emulator-smoke.yaml --dry-run
 
 environment:
   MLFLOW_TRACKING_URI  where runs and models are tracked (default: sqlite:///./mlflow.db)

@@ -113,14 +113,13 @@ def check_run(spec, cfg, *, extra_cpus: float = 0.0) -> list[tuple[str, str]]:
     simulates = getattr(data, "simulate", None) is not None and (
         getattr(data, "simulate_if_missing", True)
     )
-    probe = replace(
-        cfg,
-        data=replace(
-            data,
-            **({"simulate": None} if "simulate" in names else {}),
-            **({"simulate_if_missing": False} if "simulate_if_missing" in names else {}),
-        ),
-    )
+    # the run's own checks, with simulating turned off (so their hints are the run's)
+    if "simulate_if_missing" in names:
+        probe = replace(cfg, data=replace(data, simulate_if_missing=False))
+    elif "simulate" in names:
+        probe = replace(cfg, data=replace(data, simulate=None))
+    else:
+        probe = cfg
     try:
         spec.prepare(probe, lambda _line: None)
         handle = spec.load_data(probe)
@@ -184,7 +183,8 @@ def _storage_check(field: str, path: str) -> tuple[str, str]:
 
 
 def report_checks(checks: list[tuple[str, str]]) -> int:
-    """Print the checks; 0 if none failed, else 2 (with one error line)."""
+    """Print the checks (``ok``, ``would``, ``note`` or ``FAIL``); 0 if none failed, else 2 (with
+    one error line)."""
     print("\nchecks:")
     for status, line in checks:
         print(f"  {status:5} {line}")
@@ -196,12 +196,15 @@ def report_checks(checks: list[tuple[str, str]]) -> int:
     return 0
 
 
-def dry_run_training(spec, cfg) -> int:
+def dry_run_training(spec, cfg, resume: str | None = None) -> int:
     """``galray train PRODUCT --dry-run``: the resolved config, its changes, the checks."""
     from galray.commands.config_docs import render_text, resolve_kind
 
     sys.stdout.write(render_text(resolve_kind(spec.name), cfg, only_changed=True))
-    return report_checks(check_run(spec, cfg))
+    checks = check_run(spec, cfg)
+    if resume:
+        checks.append(("note", f"--resume {resume}: looked up in MLflow when training starts"))
+    return report_checks(checks)
 
 
 def dry_run_sweep(spec, sweep) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from galray.commands.common import add_config, group, per_product, print_trained
+from galray.commands.config import add_dry_run
 
 
 def register(sub, groups) -> None:
@@ -31,16 +32,20 @@ def register(sub, groups) -> None:
             help="continue the interrupted run RUN (MLflow run id or run name; without "
             "tracking, the run name under storage_path) from its latest checkpoint",
         )
+        add_dry_run(p)
 
 
 def _train(args: argparse.Namespace) -> int:
     r"""Train a product's model with Ray Train, log and register it in MLflow, and score it."""
+    from galray.commands.config import dry_run_training
     from galray.config import load_config
     from galray.products import get_product
     from galray.training.job import run_training
 
     spec = get_product(args.product)
     cfg = load_config(spec.config_cls, args.config, args.overrides)
+    if args.dry_run:
+        return dry_run_training(spec, cfg, args.resume)
     result = run_training(spec, cfg, resume=args.resume)
     print_trained(result, cfg.tracking.enabled)
     return 0
