@@ -91,11 +91,14 @@ class DeepFieldTrainConfig(TrainJobConfig):
     """One deep-field generator training job (``galray train deepfield --config FILE``).
 
     epochs: of ``optim.batches_per_epoch`` batches.  sample_every: epochs between sample images
-    logged to MLflow (0: never), of ``sample_size`` px.  precision: ``auto`` (bf16 autocast on
-    GPU, fp32 on CPU), ``fp32`` or ``bf16``.  channels_last: ``auto`` (on GPU), true or false.
-    compile: ``torch.compile`` the networks (GPU).  evaluate: at the end, generate a field the
-    size of the training image and compare it with the image by source extraction.  The job
-    fields (seed, storage_path, ...) are :class:`~galray.training.config.TrainJobConfig`'s.
+    logged to MLflow (0: never).  sample_size: their side, pixels (a multiple of 16).
+    precision: ``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``.
+    channels_last: ``auto`` (on GPU), true or false.  compile: ``torch.compile`` the networks
+    (GPU).  evaluate: at the end, generate a field the size of the training image and compare
+    it with the image by source extraction.
+
+    The job fields (seed, storage_path, ...) are
+    :class:`~galray.training.config.TrainJobConfig`'s.
     """
 
     data: FieldDataConfig = field(default_factory=FieldDataConfig)

@@ -25,7 +25,8 @@ class CatalogDataConfig:
 
     survey: a directory written by ``galray simulate survey`` or laid out the same way
     (``injections/`` Parquet shards and ``maps/conditions.parquet``); or give ``catalog`` and
-    ``maps`` explicitly.  fractions: train/val/test split by id.  salt: the split's hash salt.
+    ``maps`` explicitly.  catalog / maps: the injection catalog's Parquet shards and the
+    condition-map table (default: those under ``survey``).  fractions: train/val/test split by id.  salt: the split's hash salt.
     max_outside_fraction: refuse a catalog with more rows outside the maps' footprint.
     spec: the survey spec (:mod:`galray.datasets.survey`: a preset name such as ``des-y6`` or a
     YAML file); default: the ``survey.json`` of the survey or catalog directory, else ``riz``.
@@ -116,10 +117,12 @@ class EmulatorTrainConfig(TrainJobConfig):
     flow, shaped by ``flow``); both share the detection model (``net.detection_*``), the data,
     checkpoints, tracking and the saved emulator's interface.  epochs: passes of the critic (or
     flow) over the detected training rows.  cuda_graphs: capture the training step as a CUDA
-    graph on GPUs.  evaluate: write a fidelity report on the test split at the end, of at most
-    ``eval_rows`` rows.  whiten_targets: divide each band's measured-minus-true by its median and
-    spread at the row's brightness relative to the depth (:mod:`galray.emulator.features`)
-    before the networks see it.  The job fields (epochs, seed, storage_path, ...) are
+    graph on GPUs.  evaluate: write a fidelity report on the test split at the end.
+    eval_rows: at most this many test rows are scored.  whiten_targets: divide each band's
+    measured-minus-true by its median and spread at the row's brightness relative to the depth
+    (:mod:`galray.emulator.features`) before the networks see it.
+
+    The job fields (epochs, seed, storage_path, ...) are
     :class:`~galray.training.config.TrainJobConfig`'s.
     """
 
