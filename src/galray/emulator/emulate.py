@@ -70,8 +70,11 @@ class EmulateConfig:
     maps: condition-map table (or a directory holding ``conditions.parquet``).
     out: output directory of Parquet shards.  realizations: K placements of the deep catalog.
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
-    random positions.  chunk_rows: deep rows (or positions) per shard.  workers: actors (default:
-    one per GPU, else one per CPU).
+    random positions.  seed: every random draw (the output is deterministic for a seed).
+    chunk_rows: deep rows (or positions) per shard.  workers: actors (default:
+    one per GPU, else one per CPU).  overwrite: replace the emulation in ``out`` once the new run
+    completes.  resume: finish an interrupted run in ``out`` (its shards checked, damaged ones
+    redone).
     """
 
     model: str
