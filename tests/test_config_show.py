@@ -284,3 +284,12 @@ def test_train_dry_run_missing_data(capsys, tmp_path, monkeypatch, product, fiel
     assert re.search(rf"^  {status} {field}: {tmp_path}/absent", out, re.M), out
     assert code == (0 if simulate else 2)
     _nothing_started(tmp_path, before)
+
+
+@pytest.mark.parametrize("kind", ["emulator", "deepfield", "stamps", "emulate", "tune"])
+def test_every_field_has_a_meaning(kind):
+    """A new config field needs a ``name: meaning`` item in its class docstring."""
+    from galray.commands.config_docs import fields_of, resolve_kind
+
+    missing = [row.name for row in fields_of(resolve_kind(kind)) if not row.meaning]
+    assert not missing, f"undocumented {kind} config fields (add 'name: meaning' items): {missing}"
