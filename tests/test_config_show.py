@@ -293,3 +293,11 @@ def test_every_field_has_a_meaning(kind):
 
     missing = [row.name for row in fields_of(resolve_kind(kind)) if not row.meaning]
     assert not missing, f"undocumented {kind} config fields (add 'name: meaning' items): {missing}"
+
+
+def test_product_config_classes_are_the_specs():
+    from galray.commands.config_docs import resolve_kind
+    from galray.products import PRODUCTS, get_product
+
+    for name in PRODUCTS:
+        assert resolve_kind(name).config_cls() is get_product(name).config_cls

@@ -51,14 +51,23 @@ class Kind:
     example: str | None = None
 
     def config_cls(self) -> type:
-        """The dataclass (``SPEC.config_cls`` goes through the product's spec)."""
+        """The dataclass: ``module:Name``, or ``module:TrainJobConfig`` for the one job config
+        a product's ``config`` module defines (its spec, which imports MLflow and Ray's
+        trainer, is left alone: it takes seconds)."""
         import importlib
 
+        from galray.training.config import TrainJobConfig
+
         module, attr = self.loader.split(":")
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
+        namespace = importlib.import_module(module)
+        if attr != "TrainJobConfig":
+            return getattr(namespace, attr)
+        (job,) = (
+            c
+            for c in vars(namespace).values()
+            if isinstance(c, type) and issubclass(c, TrainJobConfig) and c.__module__ == module
+        )
+        return job
 
 
 def kinds() -> dict[str, Kind]:
@@ -71,7 +80,7 @@ def kinds() -> dict[str, Kind]:
             name,
             f"{name} training job",
             f"galray train {name} --config FILE",
-            f"{package}.spec:SPEC.config_cls",
+            f"{package}.config:TrainJobConfig",
             example=f"configs/{name}-smoke.yaml",
         )
     out["emulate"] = Kind(
