@@ -203,6 +203,7 @@ def stamps_report(
     *,
     seed: int = 0,
     grid_images: dict | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """The report of the module docstring: ``report.json``, ``statistics.csv`` (every stamp's
     statistics, by ``source``), ``monotonicity.csv``, ``sweeps.csv`` and plots in ``out_dir``.
@@ -210,7 +211,7 @@ def stamps_report(
     Keys: ``n_rows``; for the generator ``ks_<stat>``, ``ks_max``, ``mag_bias_median``,
     ``hsm_size_ratio_median``, ``c2st_auc``, ``c2st_auc_err``; the same with ``baseline_``
     for the single-Sersic baseline; ``monotonic_rho_<condition>``, ``monotonic_rho_min``;
-    ``beats_baseline`` (generator AUC below the baseline's)."""
+    ``beats_baseline`` (generator AUC below the baseline's); and ``extra``'s keys."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"n_rows": len(real), "seed": seed}
@@ -221,6 +222,7 @@ def stamps_report(
     for row in table.itertuples():
         report[f"monotonic_rho_{row.condition}"] = row.spearman_rho
     report["monotonic_rho_min"] = float(table.spearman_rho.min())
+    report |= extra or {}
     frames = [f.assign(source=s) for f, s in ((real, "real"), (generated, "generated"),
                                               (baseline, "baseline"))]  # fmt: skip
     pd.concat(frames).to_csv(out / "statistics.csv", index=False)

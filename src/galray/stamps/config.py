@@ -47,9 +47,7 @@ class StampOptimConfig:
     """Adam on the negative ELBO (per pixel).
 
     batch_size: stamps per batch per worker.  steps_per_epoch: batches per epoch.  lr: Adam's
-    learning rate.  beta: weight of the KL term (1: the ELBO).  At 1 the decoder, which also
-    sees the conditions, learned to ignore its code (KL 0.3-0.9 nats after 20 epochs on the CPU
-    config: a code that says almost nothing, e.g. not the orientation); a small beta keeps the code
+    learning rate.  beta: weight of the KL term (1: the ELBO); below 1 the code is kept
     informative (galsim-hub's "high-KL" VAE), and the flow prior still fits the codes, as Adam's
     steps do not depend on the scale of its gradient.
     clip_norm: gradient norm clip (None: off).  ema_decay: the exported VAE is an exponential

@@ -141,5 +141,29 @@ def evaluate_model(
     median_fwhm_psf = psf[np.argsort(np.abs(psf.max((1, 2)) - np.median(psf.max((1, 2)))))[0]]
     sweeps, grid = run_sweeps(model, cfg, median_fwhm_psf, float(np.median(sigma)), seed)
     return stamps_report(
-        real_stats, gen_stats, base_stats, sweeps, out_dir, seed=seed, grid_images=grid
+        real_stats,
+        gen_stats,
+        base_stats,
+        sweeps,
+        out_dir,
+        seed=seed,
+        grid_images=grid,
+        extra=real_trends(props, real_stats),
     )
+
+
+def real_trends(props: dict[str, np.ndarray], stats: pd.DataFrame) -> dict[str, float]:
+    """The simulator's own trend of each sweep's statistic with its condition, across the real
+    test stamps (Spearman rho times the expected sign; the other properties vary too, so this is
+    the reference for the sign, not a target): ``real_trend_rho_<condition>``."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for name, (statistic, sign) in SWEEPS.items():
+        if statistic not in stats:
+            continue
+        x, y = np.asarray(props[name]), stats[statistic].to_numpy()
+        ok = np.isfinite(y)
+        if ok.sum() >= 10:
+            out[f"real_trend_rho_{name}"] = float(spearmanr(x[ok], y[ok]).statistic) * sign
+    return out
