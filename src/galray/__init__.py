@@ -21,6 +21,7 @@ __all__ = [
     "OutputExistsError",
     "__version__",
     "load_emulator",
+    "train_emulator",
 ]
 
 
@@ -30,3 +31,14 @@ def load_emulator(uri: str):
     from galray.emulator.registry import load_emulator as _load
 
     return _load(uri)
+
+
+def __getattr__(name: str):
+    # galray.train_emulator (galray.emulator.train.train_emulator: a YAML path, a dict or an
+    # EmulatorTrainConfig; what `galray train emulator` runs) is resolved on first access, so
+    # that `import galray` -- and loading a saved model -- never imports the trainers or Ray.
+    if name == "train_emulator":
+        from galray.emulator.train import train_emulator
+
+        return train_emulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

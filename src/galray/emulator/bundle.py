@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,13 @@ import torch
 from galray.datasets import selection
 from galray.datasets.survey import SurveySpec
 from galray.emulator.features import EmulatorFeatures
-from galray.errors import DataError
+from galray.errors import DataError, GalrayError
 from galray.io import atomic_directory, read_bundle_meta, reading_bundle
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 from galray.models.flow import ConditionalFlow, FlowConfig
+
+if TYPE_CHECKING:
+    import pyarrow
 
 BUNDLE_META = "emulator.json"
 BUNDLE_VERSION = 1
@@ -106,17 +110,26 @@ class Emulator:
 
     @torch.inference_mode()
     def sample(
-        self, rows: Mapping[str, np.ndarray] | pd.DataFrame, *, seed: int = 0
-    ) -> dict[str, np.ndarray]:
+        self,
+        rows: Mapping[str, np.ndarray] | pd.DataFrame,
+        *,
+        seed: int = 0,
+        output: str | None = None,
+    ) -> dict[str, np.ndarray] | pd.DataFrame | pyarrow.Table:
         """Emulate one measurement of each row.
 
         rows: the columns of :attr:`input_columns` (for the r,i,z survey: true magnitudes AB,
-        ``true_size`` arcsec, ``psf_fwhm_b`` arcsec, ``depth_b`` AB).  Returns ``detected``
+        ``true_size`` arcsec, ``psf_fwhm_b`` arcsec, ``depth_b`` AB), as a DataFrame or a
+        mapping of arrays.  Returns the columns of :attr:`output_columns`: ``detected``
         (bool), ``p_detected``, ``obs_flux_b`` / ``obs_mag_b`` (NaN where not detected; mag NaN
         where flux <= 0), the spec's other measurements (NaN where not detected; flags 0) and
         ``selected``, the spec's selection evaluated on ``rows`` and the emulated columns (a
         selection naming a column neither holds raises DataError).  The same rows and seed
         give the same output.
+
+        output: ``"frame"`` (a pandas DataFrame; with the index of ``rows`` when that is a
+        DataFrame), ``"dict"`` (column name -> numpy array) or ``"arrow"`` (a pyarrow Table).
+        Default: a DataFrame for a DataFrame, a dict for a mapping.
 
         Detection is drawn first and the generator runs on the detected rows only (a survey
         detects a fraction of its injections); every row still consumes its own noise, so a
@@ -146,7 +159,42 @@ class Emulator:
             out[name] = np.full(n, fill, dtype=values.dtype)
             out[name][detected] = values
         out["selected"] = selection.select(self.spec.selection, {**columns, **out})
-        return out
+        return _as_output(out, rows, output)
+
+    def log_prob(
+        self,
+        rows: Mapping[str, np.ndarray] | pd.DataFrame,
+        measured: Mapping[str, np.ndarray] | pd.DataFrame | None = None,
+        *,
+        detection: bool = False,
+        flag_points: int = 8,
+    ) -> np.ndarray:
+        """The flow's exact log-likelihood of measured outputs given the inputs (float64 [N]).
+
+        rows: the columns of :attr:`input_columns`.  measured: ``obs_flux_b`` of every band and
+        the spec's other measured columns (:attr:`SurveySpec.measured_columns`; default: taken
+        from ``rows``), plus optionally ``detected``.  Returns, per row, ``log p(measured |
+        inputs, detected)``: a density per unit of each continuous output as measured (flux
+        units for ``obs_flux_b``, the column's own units for the others) -- the flow's density
+        of its standardised targets times the Jacobian of the feature transforms (asinh
+        magnitude, whitening, standardisation, log or asinh of the other outputs); -inf where
+        the model cannot produce the value (a ``log``-transformed output <= 0).  A flag column
+        contributes a probability, not a density: the model's mass on the values that decode
+        to it (its dequantisation interval, the end values' open-ended; integrated with
+        ``flag_points`` Gauss-Legendre nodes per flag).  Rows whose ``detected`` is false get
+        NaN.  detection: add the detection model's log-probability of ``detected`` (required
+        then), so a non-detected row scores ``log(1 - p_detected)``.
+
+        Only the flow has a likelihood: a GAN raises GalrayError.
+        """
+        if self.flow is None:
+            raise GalrayError(
+                "log_prob: this emulator is a GAN (model: gan), and a GAN has no likelihood; "
+                "train a flow (model: flow) to score measurements"
+            )
+        from galray.emulator.likelihood import log_likelihood
+
+        return log_likelihood(self, rows, measured, detection=detection, points=flag_points)
 
     def _blocks(self, fn, n: int) -> torch.Tensor:
         """``fn(rows)`` over ``n`` rows in slices of :data:`NETWORK_BLOCK` rows, concatenated."""
@@ -193,6 +241,25 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     inner = getattr(module, "module", module)  # unwrap DDP
     return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+
+OUTPUTS = ("frame", "dict", "arrow")
+
+
+def _as_output(out: dict[str, np.ndarray], rows, output: str | None):
+    """``out`` as :meth:`Emulator.sample`'s ``output`` asks (see there)."""
+    if output is None:
+        output = "frame" if isinstance(rows, pd.DataFrame) else "dict"
+    if output == "dict":
+        return out
+    if output == "frame":
+        index = rows.index if isinstance(rows, pd.DataFrame) else None
+        return pd.DataFrame(out, index=index)
+    if output == "arrow":
+        import pyarrow
+
+        return pyarrow.table(out)
+    raise ValueError(f"sample: output must be one of {', '.join(OUTPUTS)}, got {output!r}")
 
 
 def _as_columns(rows: Mapping[str, np.ndarray] | pd.DataFrame) -> dict[str, np.ndarray]:
