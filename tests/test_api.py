@@ -227,3 +227,23 @@ def test_import_galray_stays_light_and_finds_train_emulator():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "galray.emulator.train"
+
+
+def test_galray_train_emulator_is_what_the_cli_runs(tmp_path, monkeypatch):
+    from galray import cli
+    from galray.emulator import train
+
+    class Called(Exception):
+        pass
+
+    def fake(config, **kw):
+        raise Called(config, kw)
+
+    monkeypatch.setattr(train, "train_emulator", fake)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: flow\ndata:\n  survey: data/s\n")
+    with pytest.raises(Called) as called:
+        cli.main(["train", "emulator", "--config", str(path), "--set", "epochs=2"])
+    config, kw = called.value.args
+    assert (config.model, config.epochs, config.data.survey) == ("flow", 2, "data/s")
+    assert kw == {"resume": None}

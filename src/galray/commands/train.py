@@ -46,6 +46,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(spec.config_cls, args.config, args.overrides)
     if args.dry_run:
         return dry_run_training(spec, cfg, args.resume)
-    result = run_training(spec, cfg, resume=args.resume)
+    if spec.name == "emulator":  # the Python entry point, galray.train_emulator(cfg)
+        import galray
+
+        result = galray.train_emulator(cfg, resume=args.resume)
+    else:
+        result = run_training(spec, cfg, resume=args.resume)
     print_trained(result, cfg.tracking.enabled)
     return 0
