@@ -164,6 +164,8 @@ def test_killed_driver_ends_killed_and_resume_continues_the_same_run(
     assert _epochs_logged(killed.info.run_id) == list(range(1, done + 3))
     with pytest.raises(ConfigError, match="finished; nothing to resume"):
         run_training(DEEPFIELD, cfg, resume=killed.info.run_id, log=_quiet)
+    with pytest.raises(OutputExistsError, match=r"finished; choose another tracking\.run_name"):
+        run_training(DEEPFIELD, cfg, log=_quiet)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +193,26 @@ def test_driver_run_ends_the_run_by_how_training_ended(tmp_path, tracking, how, 
     assert runs.lock_holder(run.directory) is None
     assert any(f"--resume {name}" in line for line in lines)
     assert signal.getsignal(signal.SIGTERM) is not runs._interrupt  # handler restored
+
+
+def test_new_run_ends_a_stale_running_run_of_its_name_killed(tmp_path, tracking):
+    """A driver killed outright before its run directory was written leaves only an MLflow run
+    RUNNING; a new run of that name ends it KILLED and says so."""
+    cfg = load_config(DeepFieldTrainConfig, _write_config(tmp_path), ["tracking.run_name=stale"])
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("resume-test")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("resume-test")
+    )
+    stale = client.create_run(experiment_id, run_name="stale").info.run_id
+    storage = tmp_path / "runs"
+    lines: list[str] = []
+    with runs.driver_run(
+        DEEPFIELD, cfg, runs.resolve(DEEPFIELD, cfg, storage, None, _quiet), storage, lines.append
+    ) as run:
+        assert run.run_id != stale
+    assert client.get_run(stale).info.status == "KILLED"
+    assert any(f"MLflow run {stale} (stale) was left RUNNING" in line for line in lines)
 
 
 def test_resume_of_an_unknown_run_is_one_line(tmp_path, tracking, capsys):

@@ -212,17 +212,18 @@ def _new_target(cfg: TrainJobConfig, storage: Path) -> RunTarget:
         target.stale = [r.info.run_id for r in _runs_named(cfg.tracking.experiment, name)]
     if _has_run(directory):
         holder = lock_holder(directory)
-        state = read_state(directory) or {}
+        status = (read_state(directory) or {}).get("status")
         if holder is not None:
-            how = f"is being trained now ({holder})"
-        elif state.get("status") == "RUNNING" or target.stale:
-            how = "was interrupted (its driver is gone)"
+            how = f"is being trained now ({holder}); choose another tracking.run_name"
+        elif status == "FINISHED":
+            how = "finished; choose another tracking.run_name"
         else:
-            how = f"exists ({state.get('status', 'unknown status').lower()})"
-        raise OutputExistsError(
-            f"tracking.run_name: run {name} in {directory} {how}; continue it with "
-            f"--resume {name}, or choose another tracking.run_name"
-        )
+            gone = " (left RUNNING by a driver that is gone)" if status == "RUNNING" else ""
+            how = (
+                f"was interrupted{gone}; continue it with --resume {name}, or choose another "
+                "tracking.run_name"
+            )
+        raise OutputExistsError(f"tracking.run_name: run {name} in {directory} {how}")
     for run_id in target.stale:
         other = _tags_run_dir(run_id)
         if other is not None and lock_holder(other) is not None:
