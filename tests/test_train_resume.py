@@ -215,6 +215,25 @@ def test_new_run_ends_a_stale_running_run_of_its_name_killed(tmp_path, tracking)
     assert any(f"MLflow run {stale} (stale) was left RUNNING" in line for line in lines)
 
 
+def test_untracked_run_resumes_by_its_name(tmp_path):
+    """Without MLflow, --resume takes the run's directory name under storage_path and keeps
+    its run id."""
+    sets = ["tracking.run_name=local", "tracking.enabled=false"]
+    cfg = load_config(DeepFieldTrainConfig, _write_config(tmp_path), sets)
+    storage = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        with runs.driver_run(
+            DEEPFIELD, cfg, runs.resolve(DEEPFIELD, cfg, storage, None, _quiet), storage, _quiet
+        ) as run:
+            raise KeyboardInterrupt
+    lines: list[str] = []
+    target = runs.resolve(DEEPFIELD, cfg, storage, "local", lines.append)
+    assert target.run_id == run.run_id and target.status == "KILLED"
+    assert lines == [f"resuming run local, from epoch 1 (no checkpoint yet): {storage / 'local'}"]
+    with pytest.raises(ConfigError, match="no run 'elsewhere'"):
+        runs.resolve(DEEPFIELD, cfg, storage, "elsewhere", _quiet)
+
+
 def test_resume_of_an_unknown_run_is_one_line(tmp_path, tracking, capsys):
     simulate_deepfield(tmp_path / "field.fits", DeepFieldConfig(size=64, seed=1))
     config = _write_config(tmp_path, epochs=2)
