@@ -55,7 +55,6 @@ TRAIN_OVERRIDES = [
     "tracking.experiment=galray-quickstart",
     "tracking.registered_name=galray-quickstart",
     "tracking.alias=champion",
-    "tracking.run_name=quickstart",
 ]
 
 
