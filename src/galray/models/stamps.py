@@ -92,6 +92,10 @@ class Encoder(nn.Module):
             nn.SiLU(),
             nn.Linear(cfg.hidden, 2 * cfg.latent_dim),
         )
+        # start with a sharp posterior (std e^-2.5): a code that is noise at first teaches the
+        # decoder to ignore it, and it rarely learns to read it later
+        with torch.no_grad():
+            self.head[-1].bias[cfg.latent_dim :].fill_(-5.0)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(x).flatten(1)
