@@ -49,7 +49,6 @@ one or two sigma may be the real field's own noise; pooling several generated fi
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ from scipy.stats import ks_2samp
 from galray.config import require
 from galray.datasets.fitsfield import FieldImage
 from galray.errors import DataError
-from galray.io import atomic_path, write_json, write_parquet
+from galray.io import write_json, write_parquet
 
 REPORT_NAME = "report.json"
 TARGETS = {"ks_p_min": 0.05, "median_dmag_max": 0.05, "count_ratio_tolerance": 0.10}
@@ -331,9 +330,12 @@ def deepfield_report(
     zeropoint: float | None = None,
     pixel_scale: float | None = None,
     plots: bool = True,
+    title: str | None = None,
 ) -> dict:
     """Extract sources from ``real`` and every ``generated`` field (their catalogs and areas are
-    pooled), compare them, and write ``report.json``, both catalogs (Parquet) and plots."""
+    pooled), compare them, and write ``report.json``, both catalogs (Parquet) and plots (PNG and
+    PDF, :mod:`galray.evaluation.deepfield_plots`; ``title`` above each, e.g. the generator's
+    name, version and seed)."""
     settings = settings or DetectionSettings()
     generated = list(generated)
     if not generated:
@@ -372,7 +374,12 @@ def deepfield_report(
     write_parquet(
         pa.Table.from_pandas(gen_cat, preserve_index=False), out / "generated_sources.parquet"
     )
-    report["plots"] = _plots(real, generated[0], real_cat, gen_cat, report, out) if plots else []
+    if plots:
+        from galray.evaluation.deepfield_plots import deepfield_plots
+
+        report["plots"] = deepfield_plots(real, generated[0], real_cat, gen_cat, report, out, title)
+    else:
+        report["plots"] = []
     write_json(report, out / REPORT_NAME)
     return report
 
@@ -383,86 +390,3 @@ def _rename(column: str, bands: list[str], real_bands: list[str]) -> str:
         if column.startswith(prefix) and column[len(prefix) :] in bands:
             return prefix + real_bands[bands.index(column[len(prefix) :])]
     return column
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _rgb(image: FieldImage, size: int = 256) -> np.ndarray:
-    data = image.data[:, :size, :size]
-    rgb = data[::-1][:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
-    sigma = 1.4826 * np.median(np.abs(rgb - np.median(rgb)))
-    stretched = np.arcsinh(rgb / max(3 * sigma, 1e-12))
-    lo, hi = np.percentile(stretched, 1), np.percentile(stretched, 99.8)
-    return np.clip((stretched - lo) / max(hi - lo, 1e-12), 0, 1).transpose(1, 2, 0)
-
-
-def _plots(real, generated, real_cat, gen_cat, report, out: Path) -> list[str]:
-    with warnings.catch_warnings():  # empty histograms of a poor generator are expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _draw_plots(real, generated, real_cat, gen_cat, report, out)
-
-
-def _draw_plots(real, generated, real_cat, gen_cat, report, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name):
-        with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-        written.append(name)
-
-    bands = report["bands"]
-    areas = (report["area_real_arcmin2"], report["area_generated_arcmin2"])
-    fig, axes = plt.subplots(1, len(bands), figsize=(4 * len(bands), 3.5), squeeze=False)
-    for j, b in enumerate(bands):
-        mags = np.concatenate([real_cat[f"mag_{b}"], gen_cat[f"mag_{b}"]])
-        mags = mags[np.isfinite(mags)]
-        if mags.size == 0:
-            continue
-        edges = np.arange(np.floor(mags.min()), np.ceil(mags.max()) + 0.25, 0.25)
-        for cat, area, colour, label in (
-            (real_cat, areas[0], "k", "real"),
-            (gen_cat, areas[1], "r", "generated"),
-        ):
-            counts, _ = np.histogram(cat[f"mag_{b}"].dropna(), edges)
-            axes[0, j].step(
-                edges[:-1], counts / area / 0.25, where="post", color=colour, label=label
-            )
-        axes[0, j].axvline(report["mag_limits"][b], color="grey", ls=":")
-        axes[0, j].set_yscale("log")
-        axes[0, j].set_xlabel(f"{b} (AB)")
-        axes[0, j].set_title(f"KS p = {report[f'ks_p_{b}']:.3g}")
-    axes[0, 0].set_ylabel("sources / arcmin² / mag")
-    axes[0, 0].legend()
-    save(fig, "magnitudes.png")
-
-    pairs = list(itertools.pairwise(bands))
-    if pairs:
-        fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.5), squeeze=False)
-        for j, (b1, b2) in enumerate(pairs):
-            edges = np.linspace(-1.0, 2.5, 36)
-            for cat, colour, label in ((real_cat, "k", "real"), (gen_cat, "r", "generated")):
-                keep = (cat[f"mag_{b1}"] < report["mag_limits"][b1]) & (
-                    cat[f"mag_{b2}"] < report["mag_limits"][b2]
-                )
-                colours = (cat[f"mag_{b1}"] - cat[f"mag_{b2}"])[keep].dropna()
-                axes[0, j].hist(colours, edges, density=True, histtype="step", color=colour,
-                                label=label)  # fmt: skip
-            axes[0, j].set_xlabel(f"{b1} - {b2}")
-            axes[0, j].set_title(f"KS p = {report[f'ks_p_{b1}-{b2}']:.3g}")
-        axes[0, 0].legend()
-        save(fig, "colours.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    for ax, image, title in ((axes[0], real, "real"), (axes[1], generated, "generated")):
-        ax.imshow(_rgb(image), origin="lower")
-        ax.set_title(title)
-        ax.set_axis_off()
-    save(fig, "cutouts.png")
-    return written

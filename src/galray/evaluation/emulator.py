@@ -399,6 +399,7 @@ def fidelity_report(
     max_rows: int | None = None,
     min_bin_rows: int = 500,
     plots: bool = True,
+    model: str | None = None,
 ) -> dict:
     """Compare ``emulated`` with ``reference`` (the same rows); write tables, plots, report.json.
 
@@ -408,7 +409,8 @@ def fidelity_report(
     and selection bins with fewer rows are left out of their maxima.  Returns the report (see
     the module docstring); its ``tables`` and ``plots`` are file names inside ``out_dir``.
     Raises :class:`DataError` naming a missing column, or when the frames do not hold the same
-    rows.
+    rows.  model: what to call the emulated side in the figures' titles (e.g. its registered
+    name and version; they also give the rows and the seed).
     """
     spec = resolve_spec(spec, bands, reference)
     bands = tuple(spec.bands)
@@ -461,10 +463,11 @@ def fidelity_report(
             table.to_csv(tmp, index=False)
     report["tables"] = [f"{name}.csv" for name in tables]
     if plots:
-        from galray.evaluation.plots import fidelity_plots
+        from galray.evaluation.plots import fidelity_plots, plot_title
 
+        title = plot_title(model, len(ref), seed)
         report["plots"] = fidelity_plots(
-            ref, emu, bands, tables, out, selection_band=sel_band, redshift=nz
+            ref, emu, bands, tables, out, selection_band=sel_band, redshift=nz, title=title
         )
     else:
         report["plots"] = []
