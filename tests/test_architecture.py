@@ -75,7 +75,7 @@ LAYERS: dict[str, frozenset[str] | AllBut] = {
     "datasets": frozenset({"errors", "io", "config"}),  # catalogues, maps, simulation, readers
     "models": frozenset({"errors", "config"}),  # torch networks: no Ray, no files
     "evaluation": frozenset({"errors", "io", "config", "datasets"}),  # fidelity reports, plots
-    "tracking": frozenset({"errors", "io", "config"}),  # MLflow runs and logged artifacts
+    "tracking": frozenset({"errors", "io", "config", "_version"}),  # MLflow runs, artifacts
     "registry": frozenset({"errors", "io", "config", "tracking", "_version"}),  # bundles <-> MLflow
     # shared training components and the job skeleton (which publishes through the registry)
     "training": frozenset({"errors", "io", "config", "tracking", "registry"}),

@@ -354,8 +354,8 @@ def test_train_register_and_emulate_through_ray_jobs(cluster):
     assert run.info.status == "FINISHED", logs
     assert run.info.run_name == name
     assert run.data.params["epochs"] == str(epochs)
-    assert "c2st_auc" in run.data.metrics  # the fidelity report on the test split
-    for metric in ("epoch", "val_ks_max", "wasserstein"):
+    assert "test/c2st_auc" in run.data.metrics  # the fidelity report on the test split
+    for metric in ("epoch", "val/ks_max", "train/wasserstein"):
         history = client.get_metric_history(run.info.run_id, metric)
         assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (metric, history)
     version = client.get_model_version_by_alias(name, "champion")

@@ -156,7 +156,7 @@ def test_evaluate_cli_writes_the_report_and_logs_to_mlflow(real_path, tmp_path, 
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["mag_limits"] == {"r": 27.0, "i": 27.0, "z": 27.0}
     runs = mlflow.search_runs(experiment_names=["galray-evaluation"])
-    assert len(runs) == 1 and runs["metrics.count_ratio"].iloc[0] == 1.0
+    assert len(runs) == 1 and runs["metrics.test/count_ratio"].iloc[0] == 1.0
 
 
 def test_bad_inputs_name_the_file(real, real_path, tmp_path, capsys):

@@ -101,8 +101,8 @@ def test_model_is_logged_registered_and_loadable(trained):
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
     run = mlflow.get_run(result.run_id)
     assert run.data.params["optim.batch_size"] == "256"
-    assert "c2st_auc" in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_ks_max")
+    assert "test/c2st_auc" in run.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val/ks_max")
     assert [m.step for m in history] == list(range(1, 11))
     emulator = galray.load_emulator("models:/emu-test@champion")
     rows = {f"true_mag_{b}": np.full(500, 21.0) for b in "riz"}
@@ -141,7 +141,7 @@ def test_flow_model_trains_registers_and_beats_the_gan_smoke_bar(
     assert result.report["c2st_auc"] <= 0.6
     assert result.report["c2st_auc_detected"] < gan_report["c2st_auc_detected"]
     assert result.report["ks_max"] < 0.05
-    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_nll")
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val/nll")
     nll = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(nll) == 6 and nll[-1] < nll[0]
     emulator = galray.load_emulator("models:/emu-flow@champion")

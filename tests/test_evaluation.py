@@ -176,10 +176,10 @@ def test_logs_to_mlflow(same, tmp_path):
     with mlflow.start_run() as run:
         log_report(report, out)
     logged = mlflow.get_run(run.info.run_id).data.metrics
-    assert logged["c2st_auc"] == pytest.approx(report["c2st_auc"])
-    assert logged["ks_max"] == pytest.approx(report["ks_max"])
-    assert logged["ks_r_minus_i"] == pytest.approx(report["ks_r-i"])
-    assert "seed" not in logged
+    assert logged["test/c2st_auc"] == pytest.approx(report["c2st_auc"])
+    assert logged["test/ks_max"] == pytest.approx(report["ks_max"])
+    assert logged["test/ks_r_minus_i"] == pytest.approx(report["ks_r-i"])
+    assert "test/seed" not in logged
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(run.info.run_id, "fidelity")}
     assert {"fidelity/report.json", "fidelity/cmd_ri_i.png", "fidelity/detection_by_bin.csv"} <= (

@@ -127,8 +127,8 @@ def test_fit_survives_a_worker_death_and_registers_the_generator(
     client = mlflow.MlflowClient()
     history = client.get_metric_history(result.run_id, "epoch")
     assert sorted(m.step for m in history) == [1, 2, 3]  # resumed: each epoch finished once
-    assert {m.key for m in client.get_metric_history(result.run_id, "critic_loss")} == {
-        "critic_loss"
+    assert {m.key for m in client.get_metric_history(result.run_id, "train/critic_loss")} == {
+        "train/critic_loss"
     }
     samples = [a.path for a in client.list_artifacts(result.run_id, "samples")]
     assert "samples/epoch_000002.png" in samples and "samples/epoch_000003.png" in samples

@@ -116,7 +116,7 @@ def test_smoke_training_registers_a_model_that_learned(
     stats = pd.read_csv(report_dir / "statistics.csv")
     assert stats["gini"].notna().sum() >= 3  # statmorph ran on the first rows of each kind
     runs = mlflow.search_runs(experiment_names=["galray-evaluation"])
-    assert "metrics.monotonic_rho_min" in runs.columns
+    assert "metrics.test/monotonic_rho_min" in runs.columns
     assert "report:" in capsys.readouterr().out
 
 

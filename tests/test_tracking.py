@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from galray.emulator.bundle import Emulator
@@ -151,8 +152,11 @@ def test_pyfunc_predict_matches_sample(store):
     pd.testing.assert_frame_equal(model.predict(df), pd.DataFrame(store.emulator.sample(df)))
     seeded = model.predict(df, params={"seed": 7})
     pd.testing.assert_frame_equal(seeded, pd.DataFrame(store.emulator.sample(df, seed=7)))
-    df["depth_r"] = 24  # an integer column is fine
+    df["depth_r"] = np.int32(24)  # the input schema says double: a 32-bit integer converts
     pd.testing.assert_frame_equal(model.predict(df), pd.DataFrame(store.emulator.sample(df)))
+    df["depth_r"] = np.int64(24)  # MLflow refuses to narrow int64 (cast it), naming the column
+    with pytest.raises(MlflowException, match="depth_r"):
+        model.predict(df)
     assert model.metadata.metadata["galray_input_columns"] == store.emulator.input_columns
 
 

@@ -286,7 +286,7 @@ def test_sweep_is_tracked_in_mlflow_with_a_registered_best_model(swept):
     assert parent.data.params["base.epochs"] == str(EPOCHS)
     assert parent.data.metrics["best_val_swd"] == pytest.approx(result.best.best)
     assert parent.data.tags["galray.best_trial_id"] == result.best.trial_id
-    assert "c2st_auc" in parent.data.metrics  # the best model's fidelity report
+    assert "test/c2st_auc" in parent.data.metrics  # the best model's fidelity report
 
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -302,7 +302,7 @@ def test_sweep_is_tracked_in_mlflow_with_a_registered_best_model(swept):
         assert float(child.data.params["optim.lr_generator"]) == pytest.approx(
             trial.params["optim.lr_generator"]
         )
-        steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_swd")}
+        steps = {m.step for m in client.get_metric_history(child.info.run_id, "val/swd")}
         assert set(range(1, trial.epochs + 1)) <= steps  # the metric curve, one point an epoch
         assert child.data.metrics["best_val_swd"] == pytest.approx(trial.best)
 

@@ -13,10 +13,10 @@ does not resolve.  A product describes its bundle once, as a :class:`BundleKind`
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,10 @@ class BundleKind:
     python_model: the pyfunc class (a module-level ``mlflow.pyfunc.PythonModel`` subclass, built
     without arguments), which the logged model's code imports (:func:`model_code`; nothing is
     pickled).  signature(bundle), metadata(bundle): the logged model's MLflow signature and
-    metadata.
+    metadata.  input_example(bundle): a DataFrame of valid inputs (saved with the model, not run).
+    description(bundle): what the model is and how to call it (the registered model's and each
+    version's description).  tags(bundle): tags of the version (``galray.model``, ...).
+    requirements: pip requirements beyond galray's own (``galsim``), pinned as installed.
     """
 
     label: str
@@ -56,6 +59,10 @@ class BundleKind:
     python_model: type[mlflow.pyfunc.PythonModel]
     signature: Callable[[Any], ModelSignature]
     metadata: Callable[[Any], Mapping[str, Any]]
+    input_example: Callable[[Any], Any] = lambda bundle: None
+    description: Callable[[Any], str] = lambda bundle: ""
+    tags: Callable[[Any], Mapping[str, str]] = lambda bundle: {}
+    requirements: tuple[str, ...] = ()
 
     def log(self, bundle_dir, *, registered_name, alias, run_id=None) -> ModelRef:
         """:func:`log_bundle` of this kind."""
@@ -164,17 +171,55 @@ def log_bundle(
     logged = mlflow.initialize_logged_model(
         name=kind.model_name, source_run_id=run_id, experiment_id=run.info.experiment_id
     )
-    with warnings.catch_warnings():
-        # no input example on purpose: MLflow would load the model and predict to check it
-        warnings.filterwarnings("ignore", ".*An input example was not provided")
-        info = _log_pyfunc(kind, bundle_path, bundle, run_id, logged.model_id)
+    info = _log_pyfunc(kind, bundle_path, bundle, run_id, logged.model_id)
     version = None
     if registered_name:
-        registered = mlflow.register_model(info.model_uri, registered_name)
+        tags = {**_run_tags(run), **kind.tags(bundle)}
+        registered = mlflow.register_model(info.model_uri, registered_name, tags=tags)
         version = int(registered.version)
+        _describe_version(kind, bundle, client, registered_name, registered.version, run)
         if alias:
             client.set_registered_model_alias(registered_name, alias, registered.version)
     return ModelRef(info.model_uri, registered_name, version, alias, run_id)
+
+
+def _run_tags(run) -> dict[str, str]:
+    """The training run's galray tags (version, commit, product, model, survey), and its id."""
+    tags = {
+        k: v for k, v in run.data.tags.items() if k.startswith("galray.") and k != "galray.run_dir"
+    }
+    return {**tags, "galray.run_id": run.info.run_id}
+
+
+def _describe_version(kind: BundleKind, bundle, client, name: str, version: str, run) -> None:
+    """The version's description (the model's, and the run that trained it); the registered
+    model's too while it has none (a description written by hand stays)."""
+    text = kind.description(bundle)
+    if not text:
+        return
+    note = run.data.tags.get("mlflow.note.content", "")
+    trained = f"Trained by run `{run.info.run_name}` ({run.info.run_id})."
+    description = "\n\n".join(filter(None, [text, trained, note]))
+    client.update_model_version(name, version, description=description)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=text)
+
+
+def requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """pip requirements of a logged model: galray itself, every package galray depends on (torch,
+    zuko, numpy, ...) and ``extra``, each pinned to the version installed here."""
+    names = []
+    for spec in importlib.metadata.requires("galray") or []:
+        if "extra ==" not in spec:  # optional dependencies
+            names.append(re.split(r"[<>=!~;\s]", spec, maxsplit=1)[0])
+    out = [f"galray=={__version__}"]
+    for name in dict.fromkeys([*names, *extra]):
+        base = name.split("[")[0]
+        try:
+            out.append(f"{name}=={importlib.metadata.version(base)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def _log_pyfunc(kind: BundleKind, path: Path, bundle, run_id: str, model_id: str) -> ModelInfo:
@@ -190,9 +235,10 @@ def _log_pyfunc(kind: BundleKind, path: Path, bundle, run_id: str, model_id: str
             python_model=str(code),  # models from code: no python_model.pkl
             artifacts={BUNDLE_ARTIFACT: path.as_posix()},
             signature=kind.signature(bundle),
+            input_example=kind.input_example(bundle),
             metadata=dict(kind.metadata(bundle)),
             # explicit: inferring requirements imports the model in a subprocess (~5 s)
-            pip_requirements=[f"galray=={__version__}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=requirements(kind.requirements),
         )
 
 

@@ -57,6 +57,15 @@ KIND = registry.BundleKind(
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]),
     ),
     metadata=lambda _: {"galray_kind": "deepfield-generator"},
+    input_example=lambda _: pd.DataFrame({"height": [256], "width": [256], "seed": [0]}),
+    description=lambda m: (
+        f"galray deep-field generator (Spatial GAN) of {len(m.bands)}-band "
+        f"({', '.join(m.bands)}) images at {m.pixel_scale} arcsec/px: any height x width, "
+        "seamless, deterministic for a seed.  Generate with galray generate deepfield, or "
+        "mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({'height': [h], 'width': [w], "
+        "'seed': [s]})) -> float32 [rows, bands, h, w]."
+    ),
+    tags=lambda m: {"galray.model": "sgan"},
 )
 
 

@@ -11,6 +11,7 @@ give the same samples.  :func:`load_emulator` loads by ``models:/NAME@ALIAS``,
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -18,6 +19,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from galray import registry
 from galray.datasets import schema
 from galray.emulator.bundle import BUNDLE_META, Emulator
+from galray.emulator.features import _inverse
 
 MODEL_NAME = "emulator"  # the logged model's name: runs:/RUN_ID/emulator
 
@@ -40,10 +42,10 @@ class EmulatorPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def _signature(emulator: Emulator) -> ModelSignature:
-    """Outputs and the ``seed`` param.  No input schema: MLflow would then refuse integer columns
-    (int64 -> double may lose precision), and :meth:`Emulator.sample` checks its columns anyway;
-    they are listed in the model's metadata instead."""
+    """Inputs (the survey spec's truth and condition columns, doubles: cast integer columns, which
+    MLflow will not convert), outputs and the ``seed`` param."""
     spec = emulator.spec
+    inputs = [ColSpec("double", name) for name in emulator.input_columns]
     outputs = [ColSpec("boolean", "detected"), ColSpec("float", "p_detected")]
     for band in emulator.bands:
         outputs += [ColSpec("float", schema.obs_flux(band)), ColSpec("float", schema.obs_mag(band))]
@@ -52,7 +54,36 @@ def _signature(emulator: Emulator) -> ModelSignature:
         outputs.append(ColSpec("integer" if name in flags else "float", name))
     outputs.append(ColSpec("boolean", "selected"))
     return ModelSignature(
-        outputs=Schema(outputs), params=ParamSchema([ParamSpec("seed", "long", 0)])
+        inputs=Schema(inputs),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("seed", "long", 0)]),
+    )
+
+
+def _input_example(emulator: Emulator) -> pd.DataFrame:
+    """Three rows of inputs: the training rows' mean, and one standard deviation either side
+    (of each column as the networks see it, so log-scaled columns stay positive)."""
+    features = emulator.features
+    transforms = emulator.spec.deep.morphology
+    mean, std = np.asarray(features.cond_mean), np.asarray(features.cond_std)
+    rows = np.stack([mean, mean - std, mean + std])
+    return pd.DataFrame(
+        {
+            name: _inverse(transforms.get(name, "identity"), rows[:, j]).astype(np.float64)
+            for j, name in enumerate(emulator.input_columns)
+        }
+    )
+
+
+def _description(emulator: Emulator) -> str:
+    spec = emulator.spec
+    return (
+        f"galray transfer-function emulator ({emulator.model} model) of the {spec.name} survey: "
+        f"given each galaxy's truth and the observing conditions at its position "
+        f"({', '.join(emulator.input_columns)}), draws detection and the measured "
+        f"{', '.join(emulator.output_columns[2:-1])}, and whether the galaxy is selected.  "
+        "Load with galray.load_emulator(uri).sample(rows, seed=...) or "
+        "mlflow.pyfunc.load_model(uri).predict(df, params={'seed': ...})."
     )
 
 
@@ -68,6 +99,9 @@ KIND = registry.BundleKind(
         "galray_bands": e.bands,
         "galray_survey": e.spec.to_dict(),
     },
+    input_example=_input_example,
+    description=_description,
+    tags=lambda e: {"galray.model": e.model, "galray.survey": e.spec.name},
 )
 
 

@@ -26,6 +26,7 @@ from galray.emulator.config import EmulatorTrainConfig
 from galray.emulator.features import EmulatorFeatures
 from galray.emulator.loop import CHECKPOINT_FEATURES, train_loop
 from galray.errors import ConfigError
+from galray.tracking import TrainingData, files_digest
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -108,6 +109,40 @@ def _describe(catalog) -> str:
         f"data: {fp.n_rows:,} injections in {catalog.catalog} ({catalog.spec.name} survey); "
         f"{fp.n_outside:,} ({fp.outside_fraction:.2%}) outside the footprint of {catalog.maps} "
         "left out"
+    )
+
+
+# config fields only the cWGAN-GP uses (the flow shares net.detection_* and the rest of optim)
+GAN_ONLY = (
+    "net.width",
+    "net.depth",
+    "net.noise_dim",
+    "net.activation",
+    "optim.critic_steps",
+    "optim.lr_critic",
+    "optim.betas",
+    "optim.gp_weight",
+    "optim.one_sided_penalty",
+    "cuda_graphs",
+)
+
+
+def _inactive(cfg: EmulatorTrainConfig) -> tuple[str, ...]:
+    """The config fields the run's model does not use: the GAN's for a flow, ``flow`` for a GAN."""
+    return GAN_ONLY if cfg.model == "flow" else ("flow",)
+
+
+def _training_data(cfg: EmulatorTrainConfig, catalog) -> TrainingData:
+    """The injection catalog as the run's input: its path, and a digest of its survey spec,
+    simulation record and shard listing."""
+    source = Path(cfg.data.catalog).resolve()
+    manifests = [d / f for d in (source, source.parent) for f in ("survey.json", "simulation.json")]
+    return TrainingData(
+        source=str(source),
+        name=(Path(cfg.data.survey) if cfg.data.survey else source).name,
+        digest=files_digest(manifests, listing=source),
+        survey=catalog.spec.name,
+        rows=catalog.footprint.n_rows,
     )
 
 
@@ -213,6 +248,9 @@ SPEC = ProductSpec(
     reads_data=True,
     # what the networks' and the features' shapes depend on (a resumed run must keep them)
     shape_fields=("model", "net", "flow", "whiten_targets", "data.spec", "data.use_size"),
+    model_kind=lambda cfg: cfg.model,
+    inactive_params=_inactive,
+    training_data=_training_data,
 )
 
 

@@ -57,6 +57,20 @@ KIND = registry.BundleKind(
         "size": m.size,
         "properties": list(m.conditions.names),
     },
+    input_example=lambda m: pd.DataFrame(  # the middle of the training range
+        {
+            name: [(lo + hi) / 2]
+            for name, lo, hi in zip(m.conditions.names, m.conditions.low, m.conditions.high)
+        }
+    ),
+    description=lambda m: (
+        f"galray galaxy-stamp generator (VAE + conditional flow, PSF-aware): intrinsic "
+        f"{m.size}x{m.size} light profiles at {m.pixel_scale} arcsec/px given "
+        f"{', '.join(m.conditions.names)}.  Load with galray.stamps.load(uri), or draw from "
+        "GalSim's YAML (modules: [galray.stamps.galsim_config])."
+    ),
+    tags=lambda m: {"galray.model": "stamps"},
+    requirements=("galsim",),
 )
 
 log_stamps_model = KIND.log

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from galray.datasets.stamps import PROPERTIES, read_manifest, read_stamps, stamp_files
+from galray.datasets.stamps import MANIFEST, PROPERTIES, read_manifest, read_stamps, stamp_files
 from galray.errors import ConfigError
 from galray.models.stamps import StampVAE
 from galray.stamps import registry
 from galray.stamps.bundle import Conditions, StampModel
 from galray.stamps.config import StampsTrainConfig
 from galray.stamps.loop import NEEDED, train_loop
+from galray.tracking import TrainingData, files_digest
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -170,6 +171,13 @@ SPEC = ProductSpec(
         f"{s.manifest['size']}x{s.manifest['size']} px"
     ),
     provenance=lambda cfg, s: {"data": cfg.data.stamps},
+    model_kind=lambda cfg: "stamps",
+    training_data=lambda cfg, s: TrainingData(
+        source=str(Path(s.path).resolve()),
+        name=Path(s.path).name,
+        digest=files_digest([Path(s.path) / MANIFEST], listing=s.path),
+        rows=s.rows["train"],
+    ),
     build_trainer=build_trainer,
     export=model_from_checkpoint,
     evaluate=_evaluate,

@@ -39,6 +39,11 @@ class ProductSpec:
     reads_data: the trainer reads Ray Data datasets (so a local Ray instance must keep a CPU free).
     shape_fields: config fields (dotted prefixes) a checkpoint's state depends on: resuming a
     run with any of them changed is refused, naming them.
+    model_kind(cfg) -> str: the model a config trains (``flow``, ``gan``, ``sgan``, ``stamps``;
+    default: ``name``), the run's tag ``galray.model``.  inactive_params(cfg) -> dotted
+    prefixes of the config fields that model does not use (a flow run's GAN-only ``net.*``):
+    left out of the run's params.  training_data(cfg, data) -> the
+    :class:`~galray.tracking.TrainingData` the run records as its input (None: nothing).
 
     prepare(cfg, log) -> cfg: driver side, before Ray starts; check that the data exists, or
     write it when ``data.simulate_if_missing`` asks (saying so in one line).  absolute_paths(cfg) -> cfg: the config with every path absolute
@@ -69,6 +74,19 @@ class ProductSpec:
     reads_data: bool = False
     shape_fields: tuple[str, ...] = ("net",)
     fixed: tuple[str, ...] = ("epochs", "tracking", "storage_path", "data", "debug_fail_at_epoch")
+    model_kind: Callable[[TrainJobConfig], str] | None = None
+    inactive_params: Callable[[TrainJobConfig], tuple[str, ...]] = lambda cfg: ()
+    training_data: Callable[[TrainJobConfig, Any], Any] = lambda cfg, data: None
+
+    def model_of(self, cfg: TrainJobConfig) -> str:
+        """The model ``cfg`` trains (:attr:`model_kind`, default the product's name)."""
+        return self.model_kind(cfg) if self.model_kind is not None else self.name
+
+    def params(self, cfg: TrainJobConfig) -> dict[str, str]:
+        """The run's MLflow params: the config, flattened, without :attr:`inactive_params`."""
+        from galray.tracking import active_params
+
+        return active_params(to_dict(cfg), self.inactive_params(cfg))
 
 
 @dataclass
@@ -127,6 +145,7 @@ def run_training(
 
             if not run.resumed:
                 spec.log_data(data)
+            record_run(spec, cfg, data, resumed=run.resumed)
             log(f"MLflow run {run.run_id} ({run.mlflow_info['tracking_uri']})")
         trainer = spec.build_trainer(
             cfg,
@@ -150,7 +169,7 @@ def run_training(
         )
         seconds = time.perf_counter() - t0
         if run.tracked:
-            mlflow.log_metric("job_seconds", seconds)
+            mlflow.log_metric("train/job_seconds", seconds)
     return TrainResult(
         run_id=run.run_id,
         model_uri=published.model_uri,
@@ -161,6 +180,45 @@ def run_training(
         report=published.report,
         report_dir=published.report_dir,
         seconds=seconds,
+    )
+
+
+def record_run(
+    spec: ProductSpec,
+    cfg: TrainJobConfig,
+    data,
+    *,
+    resumed: bool = False,
+    run_id: str | None = None,
+) -> None:
+    """What the MLflow run (default: the active one) says about itself: its description,
+    tags (galray version, git commit, product, model, survey) and, for a new run, its training
+    data as a dataset input (:func:`galray.tracking.describe_run`)."""
+    from galray import tracking
+
+    model = spec.model_of(cfg)
+    record = spec.training_data(cfg, data)
+    registered = cfg.tracking.registered_name
+    if registered and cfg.tracking.alias:
+        registered = f"{registered}@{cfg.tracking.alias}"
+    lines = [
+        f"galray {spec.name} ({model} model): {cfg.epochs} epochs, seed {cfg.seed}, "
+        f"{cfg.scaling.num_workers} {'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s).",
+        "",
+        "Data: " + spec.describe_data(data).removeprefix("data: ") + ".",
+    ]
+    if record is not None:
+        lines += ["", f"Training data: `{record.source}` (digest {record.digest})."]
+    if registered:
+        lines += ["", f"Registers `models:/{registered}`."]
+    inactive = spec.inactive_params(cfg)
+    if inactive:
+        lines += [
+            "",
+            f"Params: the config fields this model uses ({', '.join(inactive)} left out).",
+        ]
+    tracking.describe_run(
+        spec.name, model, record, "\n".join(lines), run_id=run_id, log_input=not resumed
     )
 
 

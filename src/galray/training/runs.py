@@ -352,7 +352,7 @@ def driver_run(spec, cfg: TrainJobConfig, target: RunTarget, storage: Path, log)
         if tracked:
             mlflow.set_tags({TAG_RUN_DIR: str(directory), TAG_PRODUCT: spec.name})
             mlflow.set_tag("mlflow.runName", name)
-            _log_config(cfg, target, log)
+            _log_config(spec, cfg, target, log)
             for stale in target.stale:
                 mlflow.MlflowClient(uri).set_terminated(stale, "KILLED")
                 log(f"MLflow run {stale} ({name}) was left RUNNING by a dead driver: ended KILLED")
@@ -389,14 +389,13 @@ def _end(directory: Path, state: dict, status: str, tracked: bool, log) -> None:
             log(f"could not end the MLflow run as {status}: {str(exc).splitlines()[0]}")
 
 
-def _log_config(cfg: TrainJobConfig, target: RunTarget, log) -> None:
-    """A new run logs its config as params; a resumed one logs the params it lacks and records
-    which fields changed in a tag (MLflow params cannot change)."""
+def _log_config(spec, cfg: TrainJobConfig, target: RunTarget, log) -> None:
+    """A new run logs its config as params (those its model uses: ``spec.params``); a resumed
+    one logs the params it lacks and records which fields changed in a tag (MLflow params
+    cannot change)."""
     import mlflow
 
-    from galray.tracking import flatten_params
-
-    params = flatten_params(to_dict(cfg))
+    params = spec.params(cfg)
     if target.run_id is None:
         mlflow.log_params(params)
         return

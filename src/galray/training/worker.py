@@ -173,8 +173,9 @@ def load_state(checkpoint_dir: str | Path) -> dict:
 
 
 class MlflowEpochLogger:
-    """Rank 0 logs per-epoch metrics (and images) into the MLflow run the driver opened;
-    without a run (``mlflow_info`` empty) it does nothing."""
+    """Rank 0 logs per-epoch metrics (and images) into the MLflow run the driver opened, named
+    ``train/...`` and ``val/...`` (:func:`galray.tracking.metric_name`; the reports to Ray Train
+    keep the bare names Tune ranks by); without a run (``mlflow_info`` empty) it does nothing."""
 
     def __init__(self, mlflow_info: dict | None):
         mlflow_info = mlflow_info or {}
@@ -194,8 +195,14 @@ class MlflowEpochLogger:
             return
         from mlflow.entities import Metric
 
+        from galray.tracking import metric_name
+
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if np.isfinite(v)]
+        batch = [
+            Metric(metric_name(k), float(v), now, epoch)  # train/..., val/...
+            for k, v in metrics.items()
+            if np.isfinite(v)
+        ]
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
