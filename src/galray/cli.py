@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="galray", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print Ray's and MLflow's own logs here (default: into galray-logs/, path printed)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name in COMMAND_MODULES:
@@ -73,9 +79,17 @@ def _version() -> str:
     return f"galray {__version__}"
 
 
+# commands that print nothing before their result (no "starting" line, no log file)
+QUICK_COMMANDS = ("config",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from galray import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in QUICK_COMMANDS and not getattr(args, "dry_run", False):
+        console.start(_command_name(sys.argv[1:] if argv is None else argv), verbose=args.verbose)
     try:
         return int(args.handler(args) or 0)
     except GalrayError as exc:
@@ -84,6 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("galray: interrupted", file=sys.stderr)
         return 130
+    finally:
+        console.finish()
+
+
+def _command_name(argv: list[str]) -> str:
+    """The command's words (``train emulator``), for its first line and log file."""
+    skip = {"-v", "--verbose"}
+    words = []
+    for a in argv:
+        if a in skip:
+            continue
+        if a.startswith("-"):
+            break
+        words.append(a)
+    return " ".join(words[:2])
 
 
 if __name__ == "__main__":

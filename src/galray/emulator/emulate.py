@@ -320,8 +320,8 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
         return 0.0
     import ray
     import ray.data
-    from tqdm import tqdm
 
+    from galray import console
     from galray.training.ray_env import init_ray
 
     fault = os.environ.get(FAULT_ENV, "")
@@ -348,7 +348,10 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
         num_gpus=gpus / workers if gpus else 0,
         num_cpus=1,
     )
-    bar = tqdm(total=n_shards, initial=n_shards - len(pending), unit="shard", disable=not progress)
+    # a tqdm bar on a terminal, a plain line every 10% or 30 s when piped
+    bar = console.progress(
+        n_shards, "emulate", unit="shard", initial=n_shards - len(pending), enabled=progress
+    )
     batches = iter(results.iter_batches(batch_size=None, batch_format="numpy"))
     try:
         return _collect(batches, output, bar, kill_after, fault)

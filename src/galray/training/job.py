@@ -124,17 +124,22 @@ def run_training(
     -- the same MLflow run, from its latest checkpoint (:mod:`galray.training.runs`)."""
     import ray.data
 
+    from galray import console
     from galray.training import runs
     from galray.training.ray_env import init_ray
     from galray.training.trainer import check_room_for_data
 
     t0 = time.perf_counter()
+    console.mark("training imports done")
     cfg = spec.prepare(cfg, log)
     data = spec.load_data(cfg)  # bad input fails before Ray starts
     log(spec.describe_data(data))
+    console.mark("data loaded")
     storage = Path(cfg.storage_path).resolve()
     target = runs.resolve(spec, cfg, storage, resume, log)  # so does a bad --resume
+    console.set_log_dir(storage)  # the CLI's log file: <storage_path>/galray-logs/
     init_ray()
+    console.mark("Ray started")
     check_room_for_data(cfg.scaling, reads_data=spec.reads_data)  # before anything is logged
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -147,6 +152,7 @@ def run_training(
                 spec.log_data(data)
             record_run(spec, cfg, data, resumed=run.resumed)
             log(f"MLflow run {run.run_id} ({run.mlflow_info['tracking_uri']})")
+        console.mark("MLflow run open")
         trainer = spec.build_trainer(
             cfg,
             data,
@@ -154,7 +160,9 @@ def run_training(
             name=run.name,
             mlflow_info=run.mlflow_info,
         )
-        result = trainer.fit()
+        with console.epoch_progress(cfg.epochs):  # advanced by rank 0's epoch lines
+            result = trainer.fit()
+        console.mark("training done")
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint ({result.error})")
         published = publish(

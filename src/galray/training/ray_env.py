@@ -33,10 +33,16 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
 
     import ray
 
+    from galray import console
+
     if ray.is_initialized():
         return
+    # the galray CLI: Ray's logs and its workers' output into the command's log file
+    console.adopt_library_loggers()
+    log_to_driver = console.ray_log_to_driver(log_to_driver)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver)
+        console.route_ray_worker_output()
         return
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
@@ -50,6 +56,7 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
             dashboard_port=port,
             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}},
         )
+    console.route_ray_worker_output()
 
 
 @contextlib.contextmanager
