@@ -66,11 +66,13 @@ def main() -> None:
     vae = StampVAE(net).to(device).eval()
     c = torch.randn(args.rows, net.n_cond, device=device)
     eps = torch.randn(args.rows, net.latent_dim, device=device)
+    angle = torch.rand(args.rows, device=device) * 3.14159
 
     @torch.no_grad()
     def generate():
         for a in range(0, args.rows, args.batch):
-            vae.generate(c[a : a + args.batch], eps[a : a + args.batch]).cpu()
+            b = slice(a, a + args.batch)
+            vae.generate(c[b], eps[b], angle[b]).cpu()
 
     wall, cpu = timed(generate, args.repeats)
     gen_rate = args.rows * args.repeats / wall

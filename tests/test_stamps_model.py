@@ -53,11 +53,22 @@ def test_torch_fft_convolution_matches_numpy_and_centres_the_kernel():
     assert np.allclose(convolve_same(delta, psf[:1]), psf[:1], atol=1e-6)
 
 
+def test_rotation_turns_an_elongated_profile_and_keeps_its_flux():
+    from galray.models.stamps import rotate
+
+    y, x = np.mgrid[:16, :16] - 7.5
+    bar = torch.from_numpy(np.exp(-0.5 * ((x / 4.0) ** 2 + (y / 1.5) ** 2)))[None].float()
+    turned = rotate(bar, torch.tensor([np.pi / 2]))
+    assert torch.allclose(turned.sum(), bar.sum())
+    assert torch.allclose(turned[0], bar[0].T, atol=1e-3 * float(bar.max()))  # a quarter turn
+    assert torch.allclose(rotate(bar, torch.tensor([np.pi]))[0], bar[0], atol=1e-4)
+
+
 def test_decoder_profiles_have_unit_flux_and_likelihood_rewards_the_truth():
     torch.manual_seed(0)
     vae = StampVAE(NET)
     c = torch.randn(4, NET.n_cond)
-    profile = vae.generate(c, torch.randn(4, NET.latent_dim))
+    profile = vae.generate(c, torch.randn(4, NET.latent_dim), torch.rand(4) * 3.14)
     assert profile.shape == (4, 16, 16) and (profile >= 0).all()
     assert torch.allclose(profile.sum(dim=(1, 2)), torch.ones(4), atol=1e-5)
     psf = torch.from_numpy(np.stack([psf_image(0.8, 16, 0.2)] * 4))

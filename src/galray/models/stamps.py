@@ -75,8 +75,9 @@ class StampNetConfig:
 
 
 class Encoder(nn.Module):
-    """``(x [B, 2, N, N], c [B, n_cond]) -> (mu, log_var) [B, latent_dim]``; ``x`` holds the
-    stamp and the PSF image, both scaled to unit flux times :data:`IMAGE_GAIN`."""
+    """``(x [B, 2, N, N], c [B, n_cond]) -> (mu, log_var [B, latent_dim], angle [B])``; ``x``
+    holds the stamp and the PSF image, both scaled to unit flux times :data:`IMAGE_GAIN`;
+    ``angle`` (radians) is the galaxy's orientation."""
 
     def __init__(self, cfg: StampNetConfig):
         super().__init__()
@@ -90,17 +91,21 @@ class Encoder(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(flat + cfg.n_cond, cfg.hidden),
             nn.SiLU(),
-            nn.Linear(cfg.hidden, 2 * cfg.latent_dim),
+            nn.Linear(cfg.hidden, 2 * cfg.latent_dim + 2),
         )
         # start with a sharp posterior (std e^-2.5): a code that is noise at first teaches the
         # decoder to ignore it, and it rarely learns to read it later
         with torch.no_grad():
-            self.head[-1].bias[cfg.latent_dim :].fill_(-5.0)
+            self.head[-1].bias[cfg.latent_dim : 2 * cfg.latent_dim].fill_(-5.0)
+        self.latent_dim = cfg.latent_dim
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.conv(x).flatten(1)
-        mu, log_var = self.head(torch.cat([h, c], dim=1)).chunk(2, dim=1)
-        return mu, log_var.clamp(-12.0, 6.0)
+    def forward(self, x: torch.Tensor, c: torch.Tensor):
+        h = self.head(torch.cat([self.conv(x).flatten(1), c], dim=1))
+        k = self.latent_dim
+        mu, log_var, a = h[:, :k], h[:, k : 2 * k], h[:, 2 * k :]
+        # an ellipse is symmetric under a half turn: the network predicts 2 x the angle
+        angle = 0.5 * torch.atan2(a[:, 1], a[:, 0] + 1e-6)
+        return mu, log_var.clamp(-12.0, 6.0), angle
 
 
 class Decoder(nn.Module):
@@ -133,8 +138,26 @@ class Decoder(nn.Module):
         return torch.softmax(logits.float(), dim=1).view(-1, cfg.size, cfg.size)
 
 
+def rotate(profile: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """``profile [B, N, N]`` turned by ``angle [B]`` (radians) about the image centre (bilinear),
+    renormalised to its flux before the turn."""
+    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    x = profile[:, None].float()
+    grid = torch.nn.functional.affine_grid(theta.float(), list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, align_corners=False)[:, 0]
+    scale = profile.sum(dim=(1, 2)) / out.sum(dim=(1, 2)).clamp_min(1e-12)
+    return out * scale[:, None, None]
+
+
 class StampVAE(nn.Module):
-    """Encoder, decoder and the conditional flow prior ``p(z | c)``."""
+    """Encoder, decoder and the conditional flow prior ``p(z | c)``.
+
+    Orientation is separated from the code: a galaxy's orientation is isotropic and independent
+    of its properties, so the decoder draws it in a canonical frame, the encoder measures each
+    stamp's angle, and generation turns the profile by a uniform random angle.  (Carried in the
+    code, the orientation was the information the VAE learned last: after 16k training stamps it
+    made round galaxies.)"""
 
     def __init__(self, cfg: StampNetConfig):
         super().__init__()
@@ -149,7 +172,8 @@ class StampVAE(nn.Module):
         )
 
     def encode(self, stamp, psf, flux, c):
-        """Posterior ``(mu, log_var)`` of stamps ``[B, N, N]`` with their PSFs and fluxes."""
+        """Posterior ``(mu, log_var)`` and orientation of stamps ``[B, N, N]`` with their PSFs
+        and fluxes."""
         x = torch.stack([stamp / flux[:, None, None], psf], dim=1) * IMAGE_GAIN
         return self.encoder(x, c)
 
@@ -158,9 +182,10 @@ class StampVAE(nn.Module):
         through the flow (the caller owns the randomness, so a seed fixes the result)."""
         return self.prior(c).transform.inv(eps)
 
-    def generate(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Unit-flux intrinsic profiles ``[B, N, N]`` of conditions ``c``."""
-        return self.decoder(self.sample_latent(c, eps), c)
+    def generate(self, c: torch.Tensor, eps: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+        """Unit-flux intrinsic profiles ``[B, N, N]`` of conditions ``c``, turned by ``angle``
+        (radians; uniform on [0, pi) for an isotropic population)."""
+        return rotate(self.decoder(self.sample_latent(c, eps), c), angle)
 
 
 def fft_convolve(image: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
@@ -185,12 +210,13 @@ def elbo_terms(
     c: torch.Tensor,  # [B, n_cond] standardised conditions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-stamp negative log-likelihood (Gaussian, constants dropped) of one posterior draw and
-    the single-draw KL estimate ``log q(z | x) - log p(z | c)``: ``([B], [B])``."""
-    mu, log_var = vae.encode(stamp, psf, flux, c)
+    the single-draw KL estimate ``log q(z | x) - log p(z | c)``: ``([B], [B])``.  The decoded
+    profile is turned by the encoder's angle (the orientation's prior is uniform: no KL)."""
+    mu, log_var, angle = vae.encode(stamp, psf, flux, c)
     std = torch.exp(0.5 * log_var)
     eps = torch.randn_like(mu)
     z = mu + std * eps
-    profile = vae.decoder(z, c)
+    profile = rotate(vae.decoder(z, c), angle)
     model = flux[:, None, None] * fft_convolve(profile, psf)
     nll = 0.5 * (((stamp - model) / sigma[:, None, None]) ** 2).sum(dim=(1, 2))
     log_q = (-0.5 * eps**2 - 0.5 * log_var - 0.5 * math.log(2 * math.pi)).sum(dim=1)

@@ -23,6 +23,7 @@ keeps its magnitude (its flux is always the one asked for).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,13 +178,20 @@ class StampModel:
         """Unit-flux intrinsic images ``[B, N, N]`` (float32) of checked raw properties ``[B,
         n]``; row ``i`` depends on ``seed`` and ``i`` only."""
         cond = torch.from_numpy(self.conditions.encode(raw))
-        gen = torch.Generator().manual_seed(int(seed))
-        eps = torch.randn(len(raw), self.net.latent_dim, generator=gen)
+        # one row of draws per galaxy (code, then orientation), filled in order (numpy's normal
+        # stream, unlike torch's vectorised one, does not depend on how many are drawn), so row
+        # i depends on (seed, i) only
+        rng = np.random.default_rng(int(seed))
+        noise = torch.from_numpy(rng.standard_normal((len(raw), self.net.latent_dim + 1)))
+        noise = noise.float()
+        eps = noise[:, :-1]
+        angle = torch.special.ndtr(noise[:, -1]) * math.pi  # isotropic: uniform on [0, pi)
         out = np.empty((len(raw), self.size, self.size), np.float32)
         for a in range(0, len(raw), batch_size):
             c = cond[a : a + batch_size].to(self.device)
             e = eps[a : a + batch_size].to(self.device)
-            out[a : a + batch_size] = self.vae.generate(c, e).float().cpu().numpy()
+            t = angle[a : a + batch_size].to(self.device)
+            out[a : a + batch_size] = self.vae.generate(c, e, t).float().cpu().numpy()
         return out
 
     def generate(self, table, seed: int = 0) -> np.ndarray:
