@@ -296,7 +296,8 @@ TAG_MISSING = "galray.metrics_missing"  # report numbers that could not be compu
 NAN_HINTS = {
     "detection_max_abs_diff": (
         "no (depth, magnitude) bin of the detection table has enough rows to compare; score "
-        "more rows (--rows, or --split all when the test split is small)"
+        "more rows (galray evaluate --rows, or --split all when the test split is small; "
+        "eval_rows in training)"
     ),
     "detection_max_abs_z": "as detection_max_abs_diff, or both sides compare probabilities",
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import re
 import sys
 
@@ -220,9 +221,19 @@ def fidelity_line(report: dict) -> str:
     shown = [
         f"{key}={report[key]:.3f}"
         for key in FIDELITY_KEYS
-        if isinstance(report.get(key), int | float) and not isinstance(report.get(key), bool)
+        if isinstance(report.get(key), int | float)
+        and not isinstance(report.get(key), bool)
+        and math.isfinite(report[key])  # a NaN is a warning instead (fidelity_warnings)
     ]
     return "  ".join(shown) or "see the report"
+
+
+def fidelity_warnings(report: dict) -> list[str]:
+    """A line for each headline number the report could not compute, saying why."""
+    from galray.tracking import missing_metrics
+
+    missing = missing_metrics(report, FIDELITY_KEYS)
+    return [f"warning: {k} is missing: {why}" for k, why in missing.items()]
 
 
 def print_trained(result, tracking_enabled: bool) -> None:
@@ -242,6 +253,8 @@ def print_trained(result, tracking_enabled: bool) -> None:
         rows = result.report.get("n_rows")
         where = f"test split, {rows:,} rows" if isinstance(rows, int) else "against the data"
         print(f"  fidelity ({where}): {fidelity_line(result.report)}")
+        for line in fidelity_warnings(result.report):
+            print(f"  {line}")
         print(f"  report:         {result.report_dir}")
     if tracking_enabled:
         print(f"  browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")
