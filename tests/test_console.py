@@ -97,6 +97,25 @@ def test_first_line_before_heavy_imports_and_no_ray_without_need(tmp_path):
     assert lines[0] == "galray ingest maps: starting"
     assert lines[-2:] == ["RC 0", "RAY False"]
 
+    lines = _run_cli(
+        [
+            "-v",
+            "simulate",
+            "survey",
+            "--out",
+            "sim-v",
+            "--nside",
+            "8",
+            "--n-injections",
+            "300",
+            "--n-deep",
+            "200",
+        ],
+        tmp_path,
+    )
+    assert lines[0] == "galray simulate survey: starting"  # -v is not part of its name
+    assert lines[-2:] == ["RC 0", "RAY False"]
+
     lines = _run_cli(["config", "show", "emulator"], tmp_path)
     assert not lines[0].startswith("galray config")  # quick commands: just their answer
     assert lines[-2:] == ["RC 0", "RAY False"]
@@ -197,3 +216,24 @@ def test_epoch_progress_prints_every_tenth_when_piped(monkeypatch):
     assert lines[-1] == "epoch 50/50  loss=1"
     assert len(lines) <= 12
     assert all("(ETA " in line for line in lines[1:-1])
+
+
+def test_tune_trials_progress_when_piped(monkeypatch):
+    from types import SimpleNamespace
+
+    from galray.tune.sweep import _trial_progress
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    callback = _trial_progress(3, "val_loss")
+    callback.setup(total_num_samples=4)  # what Tune passes, grid searches expanded
+    for i, state in enumerate(["done", "error", "done", "done"]):
+        trial = SimpleNamespace(trial_id=f"t{i}", last_result={"val_loss": 0.5 + i})
+        hook = callback.on_trial_error if state == "error" else callback.on_trial_complete
+        hook(iteration=i, trials=[], trial=trial)
+    callback.on_experiment_end(trials=[])
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("trials: 1/4 trial (25%)")
+    assert "last: t1 error val_loss=1.5" in lines[1]
+    assert lines[-1].startswith("trials: 4/4 trial (100%)")
+    assert "last: t3 done val_loss=3.5" in lines[-1]

@@ -159,6 +159,11 @@ def mark(stage: str) -> None:
     _timing.info("%s at %.1f s", stage, time.monotonic() - _T0)
 
 
+def is_verbose() -> bool:
+    """Whether libraries print as they do by themselves (``galray -v``, or not the CLI)."""
+    return _state.verbose
+
+
 def log_path() -> Path | None:
     return None if _state.log_file is None else _state.log_file.path
 

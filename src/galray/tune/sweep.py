@@ -217,6 +217,7 @@ def start_sweep(spec, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResu
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from galray import console
     from galray.training.ray_env import init_ray
 
     t0 = time.perf_counter()
@@ -261,7 +262,12 @@ def start_sweep(spec, sweep: Sweep, *, log=print, verbose: int = 1) -> SweepResu
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            verbose=verbose if console.is_verbose() else 0,  # quiet: galray's trial progress
+            callbacks=[_trial_progress(_n_trials(sweep), metric)],
+        ),
     )
     log(f"sweep {name}: {sweep_dir}  (resume with: galray tune {spec.name} --resume {sweep_dir})")
     grid = tuner.fit()
@@ -306,6 +312,47 @@ def resume_sweep(
     )
     grid = tuner.fit()
     return _finish(spec, sweep, sweep_dir, grid, mlflow, t0, log)
+
+
+def _n_trials(sweep: Sweep) -> int:
+    """The sweep's trials: ``num_samples`` times every ``grid`` combination."""
+    n = sweep.settings.num_samples
+    for d in sweep.space:
+        if d.kind == "grid":
+            n *= len(d.args)
+    return n
+
+
+def _trial_progress(total: int, metric: str):
+    """A Tune callback counting finished trials on the console (:func:`galray.console.progress`:
+    a bar on a terminal, a plain line every 10% or 30 s when piped)."""
+    from ray import tune
+
+    from galray import console
+
+    class TrialProgress(tune.Callback):
+        def __init__(self):
+            self.bar = None
+
+        def setup(self, total_num_samples=None, **info):  # Tune's count: grids expanded
+            self.bar = console.progress(total_num_samples or total, "trials", unit="trial")
+
+        def _done(self, trial, state: str) -> None:
+            value = (trial.last_result or {}).get(metric)
+            shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
+            self.bar.set_postfix_str(f"last: {trial.trial_id} {state} {metric}={shown}")
+            self.bar.update(1)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._done(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._done(trial, "error")
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
 
 
 def _open_parent(sweep: Sweep, name: str, log) -> dict:
