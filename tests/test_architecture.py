@@ -64,12 +64,14 @@ PRODUCT_BASE = frozenset(
         "tracking",
         "registry",
         "training",
+        "console",
     }
 )
 
 LAYERS: dict[str, frozenset[str] | AllBut] = {
     "errors": frozenset(),  # the exception types; the bottom of everything
     "_version": frozenset(),  # the version string, readable without the package's API
+    "console": frozenset(),  # first line, progress, the log file: stdlib (tqdm) only
     "io": frozenset({"errors"}),  # atomic writes, Parquet and file helpers
     "config": frozenset({"errors"}),  # loading and validating YAML configs
     "datasets": frozenset({"errors", "io", "config"}),  # catalogues, maps, simulation, readers
@@ -78,14 +80,15 @@ LAYERS: dict[str, frozenset[str] | AllBut] = {
     "tracking": frozenset({"errors", "io", "config", "_version"}),  # MLflow runs, artifacts
     "registry": frozenset({"errors", "io", "config", "tracking", "_version"}),  # bundles <-> MLflow
     # shared training components and the job skeleton (which publishes through the registry)
-    "training": frozenset({"errors", "io", "config", "tracking", "registry"}),
+    "training": frozenset({"errors", "io", "config", "tracking", "registry", "console"}),
     # Each product package: the shared base only, never another product.
     **dict.fromkeys(PRODUCTS, PRODUCT_BASE),
     # The product catalogue: knows each product by its spec module only.
     "products": frozenset({"errors", "config", *(f"{p}.spec" for p in PRODUCTS)}),
-    "tune": frozenset({"errors", "io", "config", "tracking", "training", "products"}),  # sweeps
+    # sweeps
+    "tune": frozenset({"errors", "io", "config", "tracking", "training", "products", "console"}),
     "commands": AllBut("cli"),  # subcommand bodies wire everything together; only cli is above
-    "cli": frozenset({"errors", "commands", PACKAGE}),  # the argparse entry point
+    "cli": frozenset({"errors", "commands", "console", PACKAGE}),  # the argparse entry point
     PACKAGE: frozenset({"errors", "_version", "emulator"}),  # the root: errors, version, loaders
 }
 
