@@ -295,6 +295,38 @@ def is_remote(text: str) -> bool:
     return re.match(r"[A-Za-z][\w+.-]+:/", text) is not None
 
 
+def model_provenance(uri: str | os.PathLike, client: MlflowClient | None = None) -> dict:
+    """What a model URI names, for the record an output keeps of the model that made it:
+    ``uri`` as given, ``registered_name``, ``version`` (an alias resolved to the version it
+    points at now), ``alias``, ``run_id`` (the training run) and ``model_id`` (MLflow's logged
+    model), None where not known.  A local path names no registry entry: only ``uri`` (its
+    absolute path).  ModelNotFoundError for a registry URI that does not resolve."""
+    text = os.fspath(uri)
+    out = dict.fromkeys(("registered_name", "version", "alias", "run_id", "model_id"))
+    if not is_remote(text):
+        return {"uri": str(Path(text).expanduser().resolve()), **out}
+    out["uri"] = text
+    store = ensure_tracking()
+    client = client or MlflowClient(store)
+    _check_exists(text, client, store)
+    if m := _MODEL_ALIAS.fullmatch(text):
+        version = client.get_model_version_by_alias(m["name"], m["alias"])
+        out["alias"] = m["alias"]
+    elif m := _MODEL_VERSION.fullmatch(text):
+        version = client.get_model_version(m["name"], m["version"])
+    else:
+        version = None
+    if version is not None:
+        out |= {"registered_name": version.name, "version": int(version.version)}
+        out |= {"run_id": version.run_id, "model_id": getattr(version, "model_id", None)}
+    elif m := _LOGGED_MODEL.fullmatch(text):
+        out |= {"model_id": m["model_id"]}
+        out["run_id"] = client.get_logged_model(m["model_id"]).source_run_id
+    elif m := _RUN.fullmatch(text):
+        out["run_id"] = m["run_id"]
+    return out
+
+
 def _check_exists(uri: str, client: MlflowClient, store: str) -> None:
     """Name what is missing (model, alias, version, run) before MLflow's generic error does."""
     if m := _LOGGED_MODEL.fullmatch(uri):

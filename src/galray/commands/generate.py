@@ -37,8 +37,11 @@ def _deepfield(args: argparse.Namespace) -> int:
 
     h, w = args.size
     check_field_output(args.out, args.overwrite)  # before a model download or Ray
+    from galray.registry import model_provenance
+
     model = load_deepfield_model(args.model)
     model.info["model_uri"] = args.model
+    provenance = model_provenance(args.model)  # recorded in the FITS header
     init_ray()
     result = generate_fits(
         model,
@@ -50,6 +53,7 @@ def _deepfield(args: argparse.Namespace) -> int:
         cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task,
         overwrite=args.overwrite,
+        provenance=provenance,
     )
     print(
         f"wrote {result.path}: {h}x{w} px x {len(model.bands)} bands in {result.tiles} tiles "

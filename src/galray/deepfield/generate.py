@@ -13,6 +13,11 @@ the end), so a killed run leaves any earlier file as it was.  An existing ``out`
 with ``overwrite`` and only if galray generated it (its primary header's ``ORIGIN``); anything
 else -- a real image, a directory -- is refused.  Temporaries of killed runs writing the same
 ``out`` are removed.
+
+Provenance: the primary header records what made the field (:func:`provenance_cards`) --
+``GRMODEL`` the model's registered name (else its URI), ``GRMVER`` its registry version,
+``GRMALIAS`` the alias it was named by, ``GRRUNID`` the MLflow run that trained it, ``GRMURI`` the
+URI as given, ``GRVERS`` galray's version and ``GRSEED`` the noise seed.
 """
 
 from __future__ import annotations
@@ -97,6 +102,35 @@ def output_wcs(model: DeepFieldModel, height: int, width: int):
     return wcs.to_header()
 
 
+def provenance_cards(model: DeepFieldModel, provenance: dict | None, seed: int) -> dict:
+    """Primary-header cards (keyword -> (value, comment)) recording the model, galray's version
+    and the seed.  ``provenance``: :func:`galray.registry.model_provenance` of the model's URI
+    (None: only what the bundle itself recorded)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    prov = dict(provenance or {})
+    run_id = prov.get("run_id") or model.info.get("run_id")
+    uri = prov.get("uri") or model.info.get("model_uri")
+    try:
+        galray_version = version("galray")
+    except PackageNotFoundError:
+        galray_version = None
+    cards = {
+        "GRMODEL": (prov.get("registered_name") or uri, "model: registered name, else its URI"),
+        "GRMVER": (prov.get("version"), "model version in the MLflow registry"),
+        "GRMALIAS": (prov.get("alias"), "registry alias the model was named by"),
+        "GRRUNID": (run_id, "MLflow run that trained the model"),
+        "GRMURI": (uri, "model URI as given"),
+        "GRVERS": (galray_version, "galray version that generated this field"),
+        "GRSEED": (seed, "noise seed"),
+    }
+    return {
+        key: (str(v) if key != "GRSEED" else int(v), c)
+        for key, (v, c) in cards.items()
+        if v is not None
+    }
+
+
 def _payload(model: DeepFieldModel) -> dict:
     state = {k: v.detach().cpu().contiguous() for k, v in model.generator.state_dict().items()}
     return {"token": uuid.uuid4().hex, "meta": model.meta(), "state": state}
@@ -132,12 +166,15 @@ def generate_fits(
     cpus_per_task: float = 1.0,
     gpus_per_task: float = 0.0,
     overwrite: bool = False,
+    provenance: dict | None = None,
     log=print,
 ) -> GenerateResult:
     """Generate a ``height x width`` field with Ray tasks and stream it into the FITS file ``out``
     (one HDU per band, WCS, zeropoints).  Ray must be initialised (or is started locally).
     ``out`` must be new, or a field galray generated with ``overwrite``
-    (:func:`check_field_output`)."""
+    (:func:`check_field_output`).  provenance: the model's registry entry
+    (:func:`galray.registry.model_provenance`), recorded in the primary header
+    (:func:`provenance_cards`)."""
     import ray
 
     check_field_output(out, overwrite, log)
@@ -156,10 +193,9 @@ def generate_fits(
     payload_box = [ray.put(_payload(model))]
     primary = {
         "ORIGIN": ORIGIN,
-        "GRSEED": (seed, "noise seed"),
+        **provenance_cards(model, provenance, seed),
         "GRTILE": (tile, "tile side, pixels"),
         "GRHALO": (f"{model.halo[0]},{model.halo[1]}", "noise halo cells before,after"),
-        "GRMODEL": (str(model.info.get("model_uri", ""))[:60], "generator"),
     }
     if model.pixel_scale is not None:
         primary["PIXSCALE"] = (model.pixel_scale, "arcsec per pixel")

@@ -273,6 +273,22 @@ def _identity(cfg: EmulateConfig, model: str, n_rows: int) -> dict:
     }
 
 
+def provenance(model, emulator, seed: int) -> dict:
+    """What ``_emulation.json`` records of where its rows came from: the model (registered name,
+    version, alias, training run id, logged-model id, the URI as given, and the bundle's
+    SHA-256), the galray version that emulated them and the seed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    record = {**model.provenance, "identity": model.identity}
+    if record.get("run_id") is None:  # a local bundle: the run id it recorded when trained
+        record["run_id"] = emulator.info.get("run_id")
+    try:
+        galray_version = version("galray")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        galray_version = None
+    return {"model": record, "galray_version": galray_version, "seed": seed}
+
+
 def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     """Run (or resume) an emulation; returns the summary also written to ``_emulation.json``.
 
@@ -291,7 +307,13 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     n_rows = len(positions["ra"]) if positions is not None else len(deep["id"])
     identity = _identity(cfg, model.identity, n_rows)
     output = prepare_output(
-        cfg.out, identity, overwrite=cfg.overwrite, resume=cfg.resume, source=model.source, log=log
+        cfg.out,
+        identity,
+        overwrite=cfg.overwrite,
+        resume=cfg.resume,
+        source=model.source,
+        provenance=provenance(model, emulator, cfg.seed),
+        log=log,
     )
     shards = plan_shards(n_rows, cfg.realizations, cfg.chunk_rows)
     if cfg.resume:

@@ -55,11 +55,13 @@ class Output:
     identity: dict
     source: str | None = None
     records: dict[str, dict] = field(default_factory=dict)
+    provenance: dict | None = None
 
     def save(self, **summary) -> None:
         """Write the manifest (atomically) into the work directory."""
         manifest = {"format": FORMAT, "version": VERSION, "identity": self.identity}
-        manifest |= {"model_source": self.source, "complete": False, **summary}
+        manifest |= {"model_source": self.source, "provenance": self.provenance}
+        manifest |= {"complete": False, **summary}
         manifest["shard_records"] = dict(sorted(self.records.items()))
         write_json(manifest, self.work / MANIFEST)
 
@@ -98,18 +100,20 @@ def prepare_output(
     overwrite: bool,
     resume: bool,
     source: str | None = None,
+    provenance: dict | None = None,
     log=print,
 ) -> Output:
     """Check that emulation may write to ``out`` and set up where it writes (see the module
     docstring); OutputExistsError naming ``out`` otherwise.  Nothing is deleted but stale
-    temporaries of emulation itself."""
+    temporaries of emulation itself.  ``provenance`` (the model's registry entry, galray's
+    version, the seed) is recorded in the manifest as it is now, also on a resume."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory; --out must be a directory")
     entries = list(out.iterdir()) if out.is_dir() else []
     if not entries:
         out.mkdir(parents=True, exist_ok=True)
-        output = Output(out, out, False, identity, source)
+        output = Output(out, out, False, identity, source, provenance=provenance)
         output.save()
         return output
     manifest = read_manifest(out)
@@ -124,7 +128,7 @@ def prepare_output(
         _remove_stale_staging(out, log)
         work = out.with_name(f".{out.name}.tmp-{os.urandom(4).hex()}")
         work.mkdir()
-        output = Output(out, work, True, identity, source)
+        output = Output(out, work, True, identity, source, provenance=provenance)
         output.save()
         return output
     if not resume:
@@ -145,7 +149,7 @@ def prepare_output(
         log(f"{out}: removed {len(stale)} temporary file(s) left by a killed run")
     records = manifest.get("shard_records")
     records = records if isinstance(records, dict) else {}
-    output = Output(out, out, False, identity, source, dict(records))
+    output = Output(out, out, False, identity, source, dict(records), provenance)
     return output
 
 

@@ -10,6 +10,10 @@ registry -- ``models:/NAME@ALIAS`` resolved to its version, ``models:/m-<id>``, 
 store.  Later runs use the cached copy (checked against its recorded hash), so nothing is left
 behind per call.  Workers never see a driver-local path: the driver puts the bundle's bytes in
 Ray's object store (:func:`bundle_files`) and each actor loads from its own temporary copy.
+
+What an output records of its model (:attr:`ModelSource.provenance`): the URI as given, the
+registered name, the version (an alias resolved to its version), the training run's id and
+MLflow's logged-model id (:func:`galray.registry.model_provenance`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from galray.emulator.bundle import BUNDLE_META
@@ -31,11 +35,13 @@ CACHE_MARKER = ".galray-cache.json"
 @dataclass(frozen=True)
 class ModelSource:
     """path: the bundle directory on the driver.  identity: ``sha256:<hex>`` of its files.
-    source: what it was resolved from, canonical (``models:/NAME/VERSION`` for an alias)."""
+    source: what it was resolved from, canonical (``models:/NAME/VERSION`` for an alias).
+    provenance: the registry entry it came from (:func:`galray.registry.model_provenance`)."""
 
     path: Path
     identity: str
     source: str
+    provenance: dict = field(default_factory=dict, compare=False)
 
 
 def cache_root() -> Path:
@@ -78,15 +84,28 @@ def resolve_model(uri: str, log=print) -> ModelSource:
     path = Path(uri).expanduser()
     if (path / BUNDLE_META).is_file():  # a bundle directory: no MLflow needed
         path = path.resolve()
-        return ModelSource(path, bundle_digest(path), str(path))
-    from galray.registry import is_remote
+        return ModelSource(path, bundle_digest(path), str(path), local_provenance(path))
+    from galray.registry import is_remote, model_provenance
 
     if not is_remote(uri):
         from galray.emulator.registry import resolve_emulator_uri
 
         path = resolve_emulator_uri(uri).resolve()  # a downloaded MLflow model directory
-        return ModelSource(path, bundle_digest(path), str(path))
-    return _from_tracking(uri, log)
+        return ModelSource(path, bundle_digest(path), str(path), model_provenance(uri))
+    source = _from_tracking(uri, log)
+    return ModelSource(source.path, source.identity, source.source, model_provenance(uri))
+
+
+def local_provenance(path: str | os.PathLike) -> dict:
+    """The provenance of a model named by a local path (no registry entry): its absolute path,
+    and the training run's id if its bundle recorded one (``info.run_id``)."""
+    path = Path(path).resolve()
+    try:
+        run_id = json.loads((path / BUNDLE_META).read_text()).get("info", {}).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        run_id = None
+    keys = ("registered_name", "version", "alias", "model_id")
+    return {"uri": str(path), **dict.fromkeys(keys), "run_id": run_id}
 
 
 # --------------------------------------------------------------------------- tracking server
