@@ -104,6 +104,14 @@ def test_comparisons_have_error_bars_and_residual_panels(frames, drawn):
     assert len(half) == len(want) > 3
     np.testing.assert_allclose(half, want, rtol=1e-6)
 
+    # a table read from Arrow holds nullable columns (pd.NA in empty bins): drawn the same
+    nullable = tables["dmag"].convert_dtypes()
+    assert nullable.isna().any().any() and str(nullable.ref_std.dtype) == "Float64"
+    again = Figure()
+    plots.dmag_vs_true_mag(nullable, BANDS, again)
+    again_bar = _errorbars(np.array(again.axes).reshape(3, len(BANDS))[0, 0])[0]
+    np.testing.assert_array_equal(again_bar.lines[0].get_ydata(), ref_bar.lines[0].get_ydata())
+
     hist = Figure()
     plots.magnitude_histograms(*frames, BANDS, hist)
     top = hist.axes[0]

@@ -101,6 +101,17 @@ def colour_magnitude(ref, emu, bands: Sequence[str], fig: Figure, bins: int = 80
     axes[0].invert_yaxis()
 
 
+def _floats(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its numeric columns as float64, empty bins NaN (a table built from Arrow
+    data holds nullable columns, whose ``pd.NA`` matplotlib cannot draw)."""
+    out = table.copy()
+    for name in out.columns:
+        column = out[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            out[name] = column.to_numpy(dtype=float, na_value=np.nan)
+    return out
+
+
 def _mean_err(t: pd.DataFrame, who: str) -> np.ndarray:
     return (t[f"{who}_std"] / np.sqrt(t[f"{who}_count"].clip(lower=1))).to_numpy(float)
 
@@ -118,6 +129,7 @@ def dmag_vs_true_mag(by_mag: pd.DataFrame, bands: Sequence[str], fig: Figure) ->
         3, len(bands), sharex=True, squeeze=False, gridspec_kw={"height_ratios": [2, 2, 1.3]}
     )
     offset = 0.04  # mag: keep the two sides' error bars apart
+    by_mag = _floats(by_mag)
     for j, b in enumerate(bands):
         t = by_mag[by_mag.band == b]
         x = t.bin_centre.to_numpy(float)
@@ -164,6 +176,7 @@ def detection_vs_true_mag(det: pd.DataFrame, band: str, fig: Figure) -> None:
     """Detection fraction vs true magnitude with binomial errors, one line pair per depth bin,
     and the emulated - reference difference below."""
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    det = _floats(det)
     groups = list(det.groupby("depth_bin", sort=False))
     cmap = colormaps["viridis"]
     ref_err, emu_err, diff_err = _detection_err(det)
@@ -189,6 +202,7 @@ def detection_vs_depth(det: pd.DataFrame, band: str, fig: Figure, max_lines: int
     """Detection fraction vs depth (binomial errors) for the true-magnitude bins where
     detection is partial, and the emulated - reference difference below."""
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    det = _floats(det)
     partial = det[(det.ref_detected > 0.05) & (det.ref_detected < 0.95)]
     mags = sorted(partial.true_mag_centre.unique())
     if len(mags) > max_lines:
@@ -246,6 +260,7 @@ def selection_vs_true_mag(sel: pd.DataFrame, band: str, fig: Figure) -> None:
     """Selected fraction vs true magnitude per depth bin (reference solid, emulated dashed,
     binomial error bars), and the emulated - reference difference with its error below."""
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    sel = _floats(sel)
     groups = list(sel.groupby("depth_bin", sort=False))
     cmap = colormaps["viridis"]
     offset = 0.04  # mag: keep the two sides' error bars apart
