@@ -104,7 +104,16 @@ def test_emulated_catalog_manifest_records_the_registered_model(store, tmp_path,
     assert model["run_id"] == "local-training-run"
 
 
-def test_evaluation_report_records_the_registered_model(store, tmp_path, ray_session):
+def test_evaluation_report_records_the_registered_model(store, tmp_path, ray_session, monkeypatch):
+    from galray.evaluation import plots
+
+    titles, save = [], plots.save_figure
+
+    def keep(fig, *args, **kw):
+        titles.append(fig._suptitle.get_text())
+        save(fig, *args, **kw)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
     root, ref = store["root"], store["emulator"]
     out = tmp_path / "report"
     args = ["evaluate", "emulator", "--model", f"models:/{EMU}@champion"]
@@ -119,6 +128,8 @@ def test_evaluation_report_records_the_registered_model(store, tmp_path, ray_ses
     params = runs[0].data.params
     assert params["model_version"] == "2" and params["model_run_id"] == ref.run_id
     assert params["model_registered_name"] == EMU
+    # and so do the figures' titles
+    assert titles and all(t.startswith(f"{EMU} v2 | N = ") and "seed 5" in t for t in titles)
 
 
 def test_generated_field_header_and_its_evaluation_record_the_generator(store, tmp_path):

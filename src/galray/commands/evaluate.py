@@ -65,9 +65,14 @@ def _emulator(args: argparse.Namespace) -> int:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows = None if args.split == "all" else args.split
-    report = evaluate_on_split(emulator, catalog, args.out, args.rows, split=rows, seed=args.seed)
     model = model_provenance(args.model)
     model["run_id"] = model["run_id"] or emulator.info.get("run_id")
+    label = model["uri"]
+    if model["registered_name"]:
+        label = f"{model['registered_name']} v{model['version']}"
+    report = evaluate_on_split(
+        emulator, catalog, args.out, args.rows, split=rows, seed=args.seed, model=label
+    )
     _record_provenance(args.out, report, {"model": model, "seed": args.seed})
     params = {"model": args.model, "data": str(data), "split": args.split, "rows": args.rows}
     params |= {f"model_{k}": model[k] for k in ("registered_name", "version", "run_id") if model[k]}

@@ -209,9 +209,11 @@ def evaluate_on_split(
     *,
     split: str | None = "test",
     seed: int = 0,
+    model: str | None = None,
 ) -> dict:
     """Emulate held-out rows of ``catalog`` and score them against its measurements (by the
-    emulator's survey spec: every output, the selection and, with a redshift, its n(z))."""
+    emulator's survey spec: every output, the selection and, with a redshift, its n(z)).
+    model: what the figures' titles call the emulator (its registered name and version)."""
     from galray.datasets import selection
     from galray.evaluation.emulator import fidelity_report
 
@@ -224,7 +226,7 @@ def evaluate_on_split(
     emulated = reference.drop(columns=["p_detect"], errors="ignore")
     for name, values in emulator.sample(reference, seed=seed).items():
         emulated[name] = values
-    report = fidelity_report(reference, emulated, Path(out_dir), spec=spec, seed=seed)
+    report = fidelity_report(reference, emulated, Path(out_dir), spec=spec, seed=seed, model=model)
     (Path(out_dir) / "emulator.json").write_text(json.dumps(emulator.info, indent=2))
     return report
 
