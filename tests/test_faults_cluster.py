@@ -199,20 +199,14 @@ def small_survey(tmp_path_factory):
     return out
 
 
-def _restart_when_first_epoch_is_logged(server, port, root, experiment, events, stop):
-    """Watch the tracking server for the run's first epoch; then stop the server, wait a few
-    seconds and start it again on the same port.  ``events``: what happened, when."""
-    from mlflow.tracking import MlflowClient
+def _restart_after_first_epoch(server, port, root, run_dir, events, stop):
+    """Once the run's first epoch is checkpointed (its metrics are logged just before), stop
+    the server, wait a few seconds and start it again on the same port.  ``events``: when."""
+    from galray.training.runs import last_epoch
 
-    client = MlflowClient(f"http://127.0.0.1:{port}")
-    while not stop.is_set():
-        found = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([found.experiment_id]) if found else []
-        if runs and "epoch" in client.get_run(runs[0].info.run_id).data.metrics:
-            break
-        time.sleep(0.2)
-    else:
-        return
+    while last_epoch(run_dir) < 1:
+        if stop.wait(0.1):
+            return
     stop_mlflow_server(server[0])
     events["stopped"] = time.time()
     time.sleep(5)
@@ -252,8 +246,8 @@ def test_tracking_server_restart_mid_training_loses_nothing(
     events: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(
-        target=_restart_when_first_epoch_is_logged,
-        args=(server, port, root, "faults-restart", events, stop),
+        target=_restart_after_first_epoch,
+        args=(server, port, root, tmp_path / "runs" / "blink", events, stop),
         daemon=True,
     )
     watcher.start()
@@ -274,6 +268,7 @@ def test_tracking_server_restart_mid_training_loses_nothing(
             f"{sorted(round(t - started) for t in logged)} s; finished at "
             f"+{events['finished'] - started:.0f} s"
         )
+        assert any(t > events["stopped"] for t in logged)  # logged while the server was away
         run = client.get_run(result.run_id)
         assert run.info.status == "FINISHED"
         once = {"train/job_seconds", "train/max_param_divergence"}  # logged once by design
