@@ -170,9 +170,14 @@ def emulate_shard(
 
 
 def write_shard(table: pa.Table, path: Path, fault: str = "") -> tuple[int, str]:
-    """Write a shard atomically (temporary name, fsync, rename): (bytes, SHA-256 of them).  An
+    """Write a shard atomically (temporary name, rename): (bytes, SHA-256 of them).  An
     OSError (a full disk) leaves nothing behind and is re-raised naming ``path``.  ``fault``
-    ``"enospc"``: the write fails half-way, as on a full disk (tests)."""
+    ``"enospc"``: the write fails half-way, as on a full disk (tests).
+
+    No fsync: a killed process loses nothing the kernel holds, and a shard damaged by an OS
+    crash fails its SHA-256 (or page checksums) on ``--resume`` and is redone.  Syncing every
+    shard doubled the writer's CPU time (0.17 -> 0.35 s per 500k-row shard) and stalled it
+    behind any other I/O on the disk."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **PARQUET_WRITE)
     data = memoryview(sink.getvalue())
@@ -183,8 +188,6 @@ def write_shard(table: pa.Table, path: Path, fault: str = "") -> tuple[int, str]
                 f.write(data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     return len(data), digest
