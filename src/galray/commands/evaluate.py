@@ -320,4 +320,13 @@ def _model_version(params: dict) -> tuple[dict, dict, str | None]:
             params["model_alias"] = model["alias"]
     if model["run_id"]:
         tags["galray.training_run_id"] = model["run_id"]
-    return params, tags, model["model_id"]
+    model_id = model["model_id"]
+    if model_id is None and model["version"] is not None:  # the version's source names it
+        import re
+
+        from mlflow.tracking import MlflowClient
+
+        version = MlflowClient().get_model_version(model["registered_name"], model["version"])
+        match = re.fullmatch(r"models:/(m-[0-9a-f]+)/?", version.source or "")
+        model_id = match and match[1]
+    return params, tags, model_id
