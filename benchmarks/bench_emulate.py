@@ -32,8 +32,9 @@ shard the flow's networks and splines take ~50 % of a core's time and the detect
 (128x3, every row) ~23 %, against ~15 % for the Parquet write.  The GAN's 0.48 against 0.58
 is within this shared machine's run-to-run spread (its roofline moved 812k-1.07M rows/s
 between runs); a shard's write now also computes its SHA-256 and Parquet page checksums
-(content-verified resume), ~0.08 s CPU per 500k-row shard.  The DES-Y6 preset writes 27
-columns per row (griz fluxes and errors, snr, T, size_ratio, flags, conditions, selection).
+(content-verified resume), ~0.08 s CPU per 500k-row shard.  The DES-Y6 preset's rows are
+wider (griz fluxes and errors, snr, T, size_ratio, flags, 17 conditions, the selection), so its
+roofline is lower and its flow has 12 outputs instead of 3.
 """
 
 from __future__ import annotations
