@@ -411,6 +411,7 @@ finally:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_multi_node_emulation_from_a_tracking_server_resumes_after_a_killed_driver(
     setup, reference, tmp_path
 ):

@@ -32,7 +32,7 @@ from galray.emulator.emulate import FAULT_ENV
 from galray.emulator.manifest import MANIFEST
 from test_emulate_faults import _rows_hash, _run, setup  # noqa: F401  (setup: a fixture)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900)]
 NODE_CHUNK = 100  # 12 shards per realization: the node dies with work left to do
 
 
