@@ -56,7 +56,7 @@ def main() -> None:
                 p.add_(0.1 * torch.randn_like(p))
         z, cond = torch.randn(args.rows, n_out), torch.randn(args.rows, n_cond)
 
-        def blocks(f):
+        def blocks(f, z=z, cond=cond):
             return lambda: [
                 f(z[a : a + args.block], cond[a : a + args.block])
                 for a in range(0, args.rows, args.block)
