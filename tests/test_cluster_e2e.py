@@ -277,11 +277,19 @@ def _mlflow_client(c: Cluster):
     return MlflowClient(tracking_uri=c.tracking_uri, registry_uri=c.tracking_uri)
 
 
+LOG_FILE = re.compile(r"Ray's and MLflow's logs: (\S+\.log)")
+
+
 def _epoch_lines(logs: str) -> list[tuple[int, int, int]]:
     """``(worker pid, epoch, epochs)`` of each ``[galray] epoch k/N`` line, in order, without the
-    duplicates Ray's log forwarding adds."""
+    duplicates Ray's log forwarding adds.  The console shows epochs without the worker's pid;
+    the driver's log file (its path is in the job's output) keeps Ray's prefixed lines."""
+    text = logs
+    for m in LOG_FILE.finditer(logs):
+        if Path(m.group(1)).is_file():
+            text += "\n" + Path(m.group(1)).read_text()
     out = []
-    for m in EPOCH_LINE.finditer(logs):
+    for m in EPOCH_LINE.finditer(text):
         entry = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
         if entry not in out:
             out.append(entry)

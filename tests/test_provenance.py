@@ -55,6 +55,7 @@ def store(tmp_path_factory):
     bundle = emulator.save(root / "emulator")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")  # over one an earlier test set
         mp.chdir(root)
         from galray.deepfield.registry import KIND as SGAN_KIND
         from galray.emulator.registry import log_emulator
