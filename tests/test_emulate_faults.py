@@ -26,7 +26,7 @@ from galray.datasets.simulate import SurveyConfig, simulate_survey
 from galray.emulator.bundle import Emulator
 from galray.emulator.emulate import FAULT_ENV, EmulateConfig, InjectedKill, emulate
 from galray.emulator.features import EmulatorFeatures
-from galray.emulator.manifest import MANIFEST, check_shard
+from galray.emulator.manifest import MANIFEST, check_shard, prepare_output
 from galray.errors import DataError, OutputError, OutputExistsError
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 
@@ -152,6 +152,24 @@ def test_killed_overwrite_keeps_the_old_output(setup, reference, tmp_path, monke
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["complete"] and manifest["identity"]["seed"] == 6
     assert _rows_hash(out) != reference[1]
+
+
+def test_a_second_overwrite_leaves_a_live_runs_staging_alone(reference, tmp_path):
+    """Two --overwrite runs of one output at once: the second removes only staging directories
+    of dead runs; the first's (locked while it lives) survives until that run ends."""
+    out = _copy(reference, tmp_path)
+    identity = json.loads((out / MANIFEST).read_text())["identity"]
+    lines: list[str] = []
+    first = prepare_output(out, identity, overwrite=True, resume=False, log=lines.append)
+    second = prepare_output(out, identity, overwrite=True, resume=False, log=lines.append)
+    assert first.work.is_dir() and second.work.is_dir() and first.work != second.work
+    assert any("left alone" in line and str(first.work) in line for line in lines)
+    first.release()  # the first run dies: its directory is stale now
+    second.discard()
+    prepare_output(out, identity, overwrite=True, resume=False, log=lines.append).discard()
+    assert not first.work.exists()
+    assert any("removed the unfinished output" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 # --------------------------------------------------------------------------- resume

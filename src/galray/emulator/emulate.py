@@ -330,12 +330,15 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     if positions is not None and positions["n_outside"]:
         log(f"{cfg.positions}: dropped {int(positions['n_outside']):,} positions off the footprint")
     try:
-        peak_rss = _run(cfg, output, pending, len(shards), model, deep, cmap, positions, progress)
-    except Exception:
-        output.save()  # the shards finished so far stay usable by --resume
-        output.discard()
-        raise
-    return _finish(output, shards, time.perf_counter() - t0, peak_rss, log)
+        try:
+            peak = _run(cfg, output, pending, len(shards), model, deep, cmap, positions, progress)
+        except Exception:
+            output.save()  # the shards finished so far stay usable by --resume
+            output.discard()
+            raise
+        return _finish(output, shards, time.perf_counter() - t0, peak, log)
+    finally:
+        output.release()  # however the run ended, its staging directory is no longer in use
 
 
 def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress) -> float:

@@ -5,7 +5,9 @@
 included.  ``--overwrite`` never deletes up front: the new run is built in a hidden sibling
 directory (``.NAME.tmp-XXXXXXXX``) and swapped in only once complete, so a run killed on the way
 leaves the old output as it was.  A directory is replaced only if it holds nothing but emulation
-files (shards, manifest, emulation temporaries).
+files (shards, manifest, emulation temporaries).  A run holds an advisory lock (``flock``) on its
+staging directory while it lives, so a second ``--overwrite`` of the same output removes only the
+staging directories of runs that are dead, never that of one still writing.
 
 **Content-verified resume.**  The manifest records, per finished shard, its rows, bytes, detected
 count and the SHA-256 of its bytes.  On ``--resume`` each shard on disk is checked against its
@@ -17,11 +19,13 @@ check is deleted and redone, with one line saying why.  Temporaries of killed wr
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +60,17 @@ class Output:
     source: str | None = None
     records: dict[str, dict] = field(default_factory=dict)
     provenance: dict | None = None
+    _lock: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.staged:
+            self._lock = _try_lock(self.work)
+
+    def release(self) -> None:
+        """Drop the staging directory's lock (the run is over, however it ended)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def save(self, **summary) -> None:
         """Write the manifest (atomically) into the work directory."""
@@ -75,12 +90,14 @@ class Output:
         os.replace(self.out, old)
         os.replace(self.work, self.out)
         self.work = self.out
+        self.release()
         shutil.rmtree(old)
 
     def discard(self) -> None:
         """Remove a staged run's directory (after a failure; the old output stays)."""
+        self.release()
         if self.staged and self.work.exists():
-            shutil.rmtree(self.work, ignore_errors=True)
+            _remove_settled(self.work)
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -167,14 +184,48 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
+def _try_lock(path: Path) -> int | None:
+    """An exclusive advisory lock on directory ``path`` (its open descriptor), or None if
+    another live process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_settled(path: Path, attempts: int = 20) -> bool:
+    """Remove directory ``path``; a writer of the killed run that has not died yet may still
+    add a file while it is removed (rmtree then fails on the non-empty directory), so retry
+    until it is gone.  True once it is."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def _remove_stale_staging(out: Path, log) -> None:
-    """Staging directories of overwrites that were killed (holding only emulation files)."""
+    """Staging directories of overwrites that were killed (holding only emulation files and
+    locked by no live run)."""
     pattern = _staging_name(out)
     for p in out.parent.iterdir() if out.parent.is_dir() else []:
-        if pattern.fullmatch(p.name) and p.is_dir() and (p / MANIFEST).is_file():
-            if all(_is_ours(q.name) for q in p.iterdir()):
-                shutil.rmtree(p, ignore_errors=True)
-                log(f"{p}: removed the unfinished output of a killed --overwrite run")
+        if not (pattern.fullmatch(p.name) and p.is_dir() and (p / MANIFEST).is_file()):
+            continue
+        if not all(_is_ours(q.name) for q in p.iterdir()):
+            continue
+        lock = _try_lock(p)
+        if lock is None:
+            log(f"{p}: left alone, an --overwrite run still writing there holds its lock")
+            continue
+        os.close(lock)
+        if _remove_settled(p):
+            log(f"{p}: removed the unfinished output of a killed --overwrite run")
+        else:
+            log(f"{p}: could not remove the unfinished output of a killed --overwrite run")
 
 
 # --------------------------------------------------------------------------- shards
