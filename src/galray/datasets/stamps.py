@@ -56,6 +56,7 @@ from galray.io import atomic_directory, parquet_files, read_parquet, write_json,
 
 ZEROPOINT = 30.0  # AB magnitude of a flux of 1
 PROPERTIES = ("mag", "hlr", "z", "ellipticity")  # the conditions, in this order
+SERSIC_PROPERTIES = ("mag", "flux", "sersic_n", "hlr", "g1", "g2")  # population == "sersic"
 IMAGE_COLUMNS = ("stamp", "psf", "intrinsic")
 SPLITS = ("train", "val", "test")
 KNOT_SIGMA = 0.05  # arcsec: the Gaussian size of a star-forming knot
@@ -70,6 +71,7 @@ UNITS = {
     "bulge_hlr": "arcsec",
     "psf_fwhm": "arcsec",
     "noise_sigma": "counts per pixel",
+    "snr": "optimal (matched-filter) signal-to-noise",
     "disk_angle": "deg",
     "bulge_angle": "deg",
 }
@@ -83,7 +85,11 @@ class StampSimConfig:
     magnitudes.  psf_fwhm_range: Moffat FWHM, arcsec.  psf_beta: the Moffat PSF's beta.
     noise_range: per-pixel sigma, counts.  intrinsic: also store the noiseless pre-PSF image.
     shard_rows: stamps per Parquet file.  seed: every random draw (each galaxy from its own
-    stream, so the stamps do not depend on sharding).
+    stream, so the stamps do not depend on sharding).  population: ``rich`` (bulge + disk +
+    knots, above) or ``sersic`` (one sheared Sersic profile, :mod:`galray.datasets.sersic`: the
+    measurement yardstick's population; magnitudes uniform in ``mag_range``).  sersic_n_range,
+    hlr_range (arcsec, log-uniform), shear_sigma: the ``sersic`` population's index, size and
+    shear.
     """
 
     n: int = 2000
@@ -96,21 +102,40 @@ class StampSimConfig:
     intrinsic: bool = True
     shard_rows: int = 2000
     seed: int = 0
+    population: str = "rich"
+    sersic_n_range: tuple[float, float] = (0.5, 4.0)
+    hlr_range: tuple[float, float] = (0.3, 1.0)
+    shear_sigma: float = 0.2
 
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", f"must be >= 1, got {self.n}")
+        require(
+            self.population in POPULATIONS,
+            "population",
+            f"must be one of {', '.join(POPULATIONS)}, got {self.population!r}",
+        )
         require(
             self.size >= 16 and self.size % 2 == 0,
             "size",
             f"must be an even number of pixels >= 16, got {self.size}",
         )
         require(self.pixel_scale > 0, "pixel_scale", f"must be positive, got {self.pixel_scale}")
-        for name in ("mag_range", "psf_fwhm_range", "noise_range"):
+        for name in ("mag_range", "psf_fwhm_range", "noise_range", "sersic_n_range", "hlr_range"):
             lo, hi = (float(v) for v in getattr(self, name))
             require(0 < lo <= hi, name, f"must be two numbers 0 < low <= high, got ({lo}, {hi})")
             setattr(self, name, (lo, hi))
         require(self.psf_beta > 1.1, "psf_beta", f"must be > 1.1, got {self.psf_beta}")
         require(self.shard_rows >= 1, "shard_rows", f"must be >= 1, got {self.shard_rows}")
+        lo, hi = self.sersic_n_range
+        require(0.3 <= lo and hi <= 6.2, "sersic_n_range", "GalSim's Sersic takes 0.3 <= n <= 6.2")
+        require(0 <= self.shear_sigma < 0.5, "shear_sigma", "must be in [0, 0.5)")
+
+
+# what ``galray simulate stamps --population sersic`` changes from the defaults above: smaller
+# stamps at a coarser scale (the yardstick's CNN trains on them on a CPU), and magnitudes that
+# put the optimal S/N between ~5 and ~500
+SERSIC_DEFAULTS = {"size": 32, "pixel_scale": 0.2, "mag_range": (20.5, 24.0), "intrinsic": False}
+POPULATIONS = ("rich", "sersic")
 
 
 def flux_of(mag) -> np.ndarray:
@@ -288,7 +313,12 @@ def to_table(columns: dict[str, np.ndarray]) -> pa.Table:
 
 
 def _write_shard(ids: np.ndarray, path: Path, cfg: StampSimConfig) -> tuple[int, list[str]]:
-    table = to_table(render(ids, cfg))
+    if cfg.population == "sersic":
+        from galray.datasets import sersic
+
+        table = to_table(sersic.render(ids, cfg))
+    else:
+        table = to_table(render(ids, cfg))
     write_parquet(table, path)
     return int(ids[-1]) + 1, table.column_names
 
@@ -325,8 +355,9 @@ def simulate_stamps(
                 names = [_log_shard(n, cfg, log) for n in done]
         manifest = {
             "kind": "galray.stamps",
+            "population": cfg.population,
             "config": to_dict(cfg),
-            "properties": list(PROPERTIES),
+            "properties": list(PROPERTIES if cfg.population == "rich" else SERSIC_PROPERTIES),
             "columns": names[0],
             "units": UNITS,
             "zeropoint": ZEROPOINT,
