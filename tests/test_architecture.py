@@ -39,7 +39,7 @@ MAX_LINES = 500
 # Product packages: one trained model family each, with its own saved-model format in
 # <product>/bundle.py and its settings in <product>/spec.py.  They never import each other.
 # A new product package is one more word here.
-PRODUCTS: tuple[str, ...] = ("emulator", "deepfield", "stamps")
+PRODUCTS: tuple[str, ...] = ("emulator", "deepfield", "stamps", "estimator")
 
 
 @dataclass(frozen=True)

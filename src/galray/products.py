@@ -17,6 +17,7 @@ PRODUCTS = {
     "emulator": "galray.emulator",
     "deepfield": "galray.deepfield",
     "stamps": "galray.stamps",
+    "estimator": "galray.estimator",
 }
 # earlier names that still work on the command line
 ALIASES = {"sgan": "deepfield"}

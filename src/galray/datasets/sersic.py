@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from galray.datasets.psf import psf_image
+
 PARAMS = ("flux", "sersic_n", "hlr", "g1", "g2")  # what the yardstick measures, in this order
 N_STEP = 0.01  # Sersic index grid of the simulated galaxies
 MAX_SHEAR = 0.6
@@ -91,8 +93,6 @@ def optimal_snr(noiseless: np.ndarray, sigma) -> np.ndarray:
 
 def render(ids: np.ndarray, cfg) -> dict[str, np.ndarray]:
     """Stamps, noiseless images, PSF images and parameters of galaxies ``ids``."""
-    from galray.datasets.stamps import psf_image
-
     p = draw_population(ids, cfg)
     n, s, scale = len(ids), cfg.size, cfg.pixel_scale
     noiseless = np.empty((n, s, s), np.float64)

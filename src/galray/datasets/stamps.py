@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from galray.config import require, to_dict
+from galray.datasets.psf import psf_image
 from galray.errors import DataError
 from galray.io import atomic_directory, parquet_files, read_parquet, write_json, write_parquet
 
@@ -240,18 +241,6 @@ def draw_intrinsic(profile, size: int, pixel_scale: float) -> np.ndarray:
         method="no_pixel",
     ).array
     return fine.reshape(size, OVERSAMPLE, size, OVERSAMPLE).sum(axis=(1, 3)).astype(np.float32)
-
-
-def psf_image(fwhm: float, size: int, pixel_scale: float, beta: float = 3.0) -> np.ndarray:
-    """A Moffat PSF sampled at pixel centres (no pixel response), centred on pixel
-    ``(size // 2, size // 2)``, summing to 1: float32 ``[size, size]``."""
-    import galsim
-
-    psf = galsim.Moffat(beta=beta, fwhm=fwhm)
-    # an even-sized image is centred on a pixel corner; half a pixel puts the PSF on a centre
-    img = psf.drawImage(nx=size, ny=size, scale=pixel_scale, method="no_pixel", offset=(0.5, 0.5))
-    arr = img.array.astype(np.float64)
-    return (arr / arr.sum()).astype(np.float32)
 
 
 def convolve_same(image: np.ndarray, psf: np.ndarray) -> np.ndarray:

@@ -111,9 +111,19 @@ def run_sweeps(model: StampModel, cfg: StampEvalConfig, psf: np.ndarray, sigma: 
 
 
 def evaluate_model(
-    model: StampModel, stamps: str, out_dir, cfg: StampEvalConfig, *, seed: int = 0, log=print
+    model: StampModel,
+    stamps: str,
+    out_dir,
+    cfg: StampEvalConfig,
+    *,
+    seed: int = 0,
+    estimator=None,
+    log=print,
 ) -> dict:
-    """The report of the module docstring on at most ``cfg.rows`` test stamps of ``stamps``."""
+    """The report of the module docstring on at most ``cfg.rows`` test stamps of ``stamps``.
+    ``estimator``: a measurement yardstick (``names``, ``measure(stamp, psf, sigma)``, such as
+    :class:`galray.estimator.bundle.EstimatorModel`) applied to the real and generated stamps
+    (:mod:`galray.evaluation.judge`; ``judge.csv`` and ``judge_*`` keys)."""
     manifest = read_manifest(stamps)
     if manifest["size"] != model.size or abs(manifest["pixel_scale"] - model.pixel_scale) > 1e-9:
         from galray.errors import DataError
@@ -140,6 +150,9 @@ def evaluate_model(
         )
     median_fwhm_psf = psf[np.argsort(np.abs(psf.max((1, 2)) - np.median(psf.max((1, 2)))))[0]]
     sweeps, grid = run_sweeps(model, cfg, median_fwhm_psf, float(np.median(sigma)), seed)
+    extra = real_trends(props, real_stats)
+    if estimator is not None:
+        extra |= _judge(estimator, test["stamp"], generated, psf, sigma, props, out_dir, log)
     return stamps_report(
         real_stats,
         gen_stats,
@@ -148,8 +161,32 @@ def evaluate_model(
         out_dir,
         seed=seed,
         grid_images=grid,
-        extra=real_trends(props, real_stats),
+        extra=extra,
     )
+
+
+def _judge(estimator, real, generated, psf, sigma, props, out_dir, log) -> dict:
+    """The estimator on real and generated stamps (:func:`galray.evaluation.judge.
+    judge_generated`), over the properties it measures that the generator is conditioned on."""
+    from pathlib import Path
+
+    from galray.errors import DataError
+    from galray.evaluation.judge import judge_generated
+
+    names = [n for n in estimator.names if n in props]
+    if not names:
+        raise DataError(
+            f"--estimator measures {', '.join(estimator.names)}, none of the generator's "
+            f"conditions ({', '.join(props)}); use one trained on the rich stamp population"
+        )
+    log(f"measuring real and generated stamps with the estimator ({', '.join(names)})")
+    real_est = estimator.measure(real, psf, sigma)
+    gen_est = estimator.measure(generated.astype(np.float32), psf, sigma)
+    table, flat = judge_generated(names, real_est, gen_est, props)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "judge.csv", index=False)
+    return flat
 
 
 def real_trends(props: dict[str, np.ndarray], stats: pd.DataFrame) -> dict[str, float]:
