@@ -205,7 +205,7 @@ def test_smoke_training_registers_an_estimator_scored_against_the_bound(
     report = json.loads((report_dir / "report.json").read_text())
     assert {"rmse_over_bound_hlr", "fit_rmse_over_bound_hlr", "cov68_hlr"} <= set(report)
     table = pd.read_csv(report_dir / "estimator_bins.csv")
-    assert set(table.estimator) == {"cnn", "fit", "cnn_fit_rows"}
+    assert set(table.estimator) == {"cnn", "cnn_vs_bound", "fit", "cnn_fit_rows"}
     assert (report_dir / "estimator_vs_bound.png").is_file()
     assert (report_dir / "estimator_coverage.pdf").is_file()
     runs = mlflow.search_runs(experiment_names=["galray-evaluation"])

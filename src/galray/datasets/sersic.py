@@ -81,8 +81,12 @@ def observe(theta, psf_fwhm: float, size: int, pixel_scale: float, beta: float) 
     import galsim
 
     psf = galsim.Moffat(beta=beta, fwhm=float(psf_fwhm))
-    image = galsim.Convolve(galaxy(*theta), psf).drawImage(nx=size, ny=size, scale=pixel_scale)
-    return image.array.astype(np.float64)
+    # float64: GalSim's default float32 rounds at ~1e-7 of the peak, which the bound's finite
+    # differences and the fit's convergence test would see
+    image = galsim.Convolve(galaxy(*theta), psf).drawImage(
+        nx=size, ny=size, scale=pixel_scale, dtype=np.float64
+    )
+    return image.array
 
 
 def optimal_snr(noiseless: np.ndarray, sigma) -> np.ndarray:

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from galray.io import atomic_path
 
-STYLES = {"cnn": ("tab:red", "o", "CNN"), "fit": ("tab:blue", "s", "likelihood fit")}
+STYLES = {"cnn_vs_bound": ("tab:red", "o", "CNN"), "fit": ("tab:blue", "s", "likelihood fit")}
 
 
 def _save(fig: Figure, out: Path, stem: str) -> None:
