@@ -1,4 +1,6 @@
-"""The measurement yardstick's speed: galaxies per second of the Cramér–Rao bound and of the
+"""The measurement yardstick's speed: galaxies per second of the CNN (one torch thread, batches
+of 1024; ``--model URI`` for a trained one, else an untrained network of
+``configs/estimator-cpu.yaml``'s shape: the same arithmetic), of the Cramér–Rao bound and of the
 maximum-likelihood fit (with the Sersic index interpolated between cached GalSim tables, and
 with a continuous index, measured in the same run) on simulated single-Sersic stamps; with
 ``--accuracy``, also the bound's medians and the fit's RMSE over the bound at S/N >= 50.
@@ -56,8 +58,37 @@ def _fit_continuous(table, cfg, workers):
     return fit_sersic(table, cfg, workers=workers, interpolate=False)
 
 
-# name -> callable(table, cfg, workers) -> output dict; add the CNN here
+CNN: dict = {}  # "model": the EstimatorModel main() loads or builds
+
+
+def _cnn(table, cfg, workers):
+    import torch
+
+    if CNN["model"].device.type == "cpu":
+        torch.set_num_threads(1)
+    frame = CNN["model"].measure(table["stamp"], table["psf"], table["noise_sigma"])
+    return {"estimate": frame.to_numpy()}
+
+
+def cnn_model(uri: str | None):
+    """The estimator ``uri`` names, or an untrained one shaped as configs/estimator-cpu.yaml."""
+    if uri:
+        import galray.estimator
+
+        return galray.estimator.load(uri)
+    from galray.estimator.bundle import EstimatorModel
+    from galray.models.estimator import Estimator, EstimatorNetConfig, Targets
+
+    net = Estimator(EstimatorNetConfig(size=32, n_targets=5, channels=(16, 32, 64), hidden=256))
+    transforms = ["logflux", "linear", "log", "linear", "linear"]
+    return EstimatorModel(
+        net, Targets(list(PARAMS), transforms, [0.0] * 5, [1.0] * 5), 0.2, "sersic"
+    )
+
+
+# name -> callable(table, cfg, workers) -> output dict
 ESTIMATORS: dict[str, Callable] = {
+    "cnn": _cnn,
     "bound": _bound,
     "fit (n interpolated)": _fit_interpolated,
     "fit (n continuous)": _fit_continuous,
@@ -129,8 +160,17 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(ESTIMATORS), default=None)
     ap.add_argument("--accuracy", action="store_true", help="CRB medians and fit RMSE/CRB")
     ap.add_argument("--min-snr", type=float, default=50.0)
+    ap.add_argument("--model", help="a trained estimator (default: an untrained one, same speed)")
+    ap.add_argument("--device", default="cpu", help="the CNN's device: cpu, cuda or auto")
     args = ap.parse_args()
     names = args.only or list(ESTIMATORS)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    CNN["model"] = cnn_model(args.model).to(device)
+    print(f"CNN on {device}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         table, cfg = simulate(args.rows, args.seed, args.workers, Path(tmp))

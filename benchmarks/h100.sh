@@ -21,6 +21,7 @@
 #   emulate  end-to-end `galray emulate` on Ray, 2M deep x 50 realizations = 100M    (~6)
 #            target: >= 5M rows/s; needs Ray (the site pack) and writes ~5 GB
 #   stamps   galaxy-stamp generator (issue 18): 48x48 stamps/s generated and trained      (~1)
+#   estimator measurement yardstick (issue 19): galaxies/s of the CNN (GPU), bound, fit (~2)
 #
 # GALRAY_SMALL=1 shrinks every stage to a minute on a CPU, to check the script itself.
 set -uo pipefail
@@ -83,11 +84,14 @@ for m in ['ray', 'healpy', 'astropy', 'zuko', 'sklearn', 'yaml', 'tqdm', 'mlflow
       stage stamps "$py" benchmarks/bench_stamps.py --net "$(pick default smoke)" \
         --rows "$(pick 262144 256)" --batch "$(pick 8192 256)" \
         --train-batch "$(pick 512 32)" --galsim-rows "$(pick 200 10)" --repeats "$(pick 5 1)" ;;
+    estimator)
+      stage estimator "$py" benchmarks/bench_estimator.py --device auto \
+        --rows "$(pick 4000 40)" --workers "$(pick 16 1)" --only cnn bound "fit (n interpolated)" ;;
     *)
-      echo "unknown stage $1 (imports step sample sgan compare emulate stamps)" >&2
+      echo "unknown stage $1 (imports step sample sgan compare emulate stamps estimator)" >&2
       return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || set -- imports step sample sgan stamps
+[ $# -gt 0 ] || set -- imports step sample sgan stamps estimator
 for s in "$@"; do run_stage "$s" || exit $?; done

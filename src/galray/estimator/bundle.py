@@ -99,7 +99,7 @@ class EstimatorModel:
         outs = []
         for a in range(0, len(stamp), batch_size):
             part = [
-                torch.from_numpy(np.ascontiguousarray(x[a : a + batch_size]))
+                torch.from_numpy(np.array(x[a : a + batch_size]))
                 for x in (stamp, psf, sigma)
             ]
             outs.append([t.cpu() for t in self.net(*(p.to(self.device) for p in part))])
