@@ -218,6 +218,21 @@ def test_epoch_progress_prints_every_tenth_when_piped(monkeypatch):
     assert all("(ETA " in line for line in lines[1:-1])
 
 
+def test_epoch_eta_is_bounded_by_the_time_budget(monkeypatch):
+    """A run of 1000 epochs with a 60 s budget: the ETA is what is left of the budget, not the
+    hours the 1000 epochs would take."""
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    now = [0.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    bar = console.EpochProgress(1000, budget_s=60.0)
+    for n in (1, 2, 3):  # 10 s per epoch
+        now[0] = 10.0 * (n - 1)
+        bar.epoch(n, 1000, f"epoch {n}/1000")
+    lines = buf.getvalue().splitlines()
+    assert lines[1] == "epoch 2/1000  (ETA 50 s)"  # not 998 epochs x 10 s
+
+
 def test_tune_trials_progress_when_piped(monkeypatch):
     from types import SimpleNamespace
 

@@ -341,8 +341,8 @@ class EpochProgress:
     on a terminal a bar with ETA and the line above it; piped, the epoch's line with the ETA
     every 10% of the epochs or 30 s, and the last."""
 
-    def __init__(self, epochs: int):
-        self.epochs, self.bar = epochs, None
+    def __init__(self, epochs: int, budget_s: float | None = None):
+        self.epochs, self.bar, self.budget_s = epochs, None, budget_s
         self.t0 = self._last_t = time.monotonic()
         self.first: int | None = None
         self._first_t = self.t0
@@ -362,6 +362,10 @@ class EpochProgress:
                 mark(f"first epoch line (epoch {n})")
             elif n < total:
                 eta = (now - self._first_t) / max(n - self.first, 1) * (total - n)
+                if self.budget_s is not None and self.budget_s - (now - self.t0) < eta:
+                    # the time budget ends training first (its clock starts in the workers,
+                    # a little after this one)
+                    eta = max(self.budget_s - (now - self.t0), 0.0)
                 tail = f"  (ETA {_fmt_s(eta)})"
             if self.bar is not None:
                 self.bar.total = total
@@ -385,9 +389,10 @@ class EpochProgress:
 
 
 @contextlib.contextmanager
-def epoch_progress(epochs: int) -> Iterator[EpochProgress]:
-    """The epochs of the training running inside the block (rank 0's lines advance it)."""
-    bar = EpochProgress(epochs)
+def epoch_progress(epochs: int, budget_s: float | None = None) -> Iterator[EpochProgress]:
+    """The epochs of the training running inside the block (rank 0's lines advance it);
+    ``budget_s``: the run's time budget, which bounds the ETA."""
+    bar = EpochProgress(epochs, budget_s)
     _state.epochs = bar
     try:
         yield bar

@@ -160,7 +160,8 @@ def run_training(
             name=run.name,
             mlflow_info=run.mlflow_info,
         )
-        with console.epoch_progress(cfg.epochs):  # advanced by rank 0's epoch lines
+        budget = getattr(cfg, "time_budget_s", None)
+        with console.epoch_progress(cfg.epochs, budget):  # advanced by rank 0's epoch lines
             result = trainer.fit()
         console.mark("training done")
         if result.checkpoint is None:
