@@ -172,3 +172,44 @@ def read_bundle_meta(
             f"{meta_path}: unsupported {label} format {meta.get('format')!r} v{meta.get('version')}"
         )
     return meta
+
+
+def save_weights_bundle(
+    path: str | os.PathLike,
+    meta_file: str,
+    meta: dict,
+    weights_file: str,
+    module,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write bundle directory ``path`` atomically: ``meta`` as indented JSON in ``meta_file`` and
+    the ``torch.nn.Module``'s state dict (on the CPU, contiguous) in ``weights_file``."""
+    import torch
+
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        (tmp / meta_file).write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        torch.save(state, tmp / weights_file)
+    return Path(path)
+
+
+def load_weights_bundle(
+    path: str | os.PathLike,
+    meta_file: str,
+    weights_file: str,
+    fmt: str,
+    version: int,
+    label: str,
+    build,
+):
+    """``build(meta, state)`` of the bundle :func:`save_weights_bundle` wrote at ``path`` (its
+    metadata checked by :func:`read_bundle_meta`, the weights read on the CPU); any failure to
+    read or build raises ModelNotFoundError naming ``path`` and ``label``."""
+    import torch
+
+    path = Path(path)
+    meta = read_bundle_meta(path, meta_file, fmt, version, label)
+    with reading_bundle(path, label):
+        state = torch.load(path / weights_file, map_location="cpu", weights_only=True)
+        return build(meta, state)

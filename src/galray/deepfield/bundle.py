@@ -13,7 +13,6 @@ imports no trainer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from galray.deepfield.noise import Tile, noise_window, plan_tiles
 from galray.deepfield.scaling import IntensityScaling
-from galray.io import atomic_directory, read_bundle_meta, reading_bundle
+from galray.io import load_weights_bundle, save_weights_bundle
 from galray.models.sgan import Generator, SGANNetConfig, noise_halo
 
 BUNDLE_FORMAT = "galray.sgan"
@@ -137,13 +136,9 @@ class DeepFieldModel:
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            (tmp / BUNDLE_META).write_text(json.dumps(self.meta(), indent=2))
-            state = {
-                k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()
-            }
-            torch.save(state, tmp / BUNDLE_WEIGHTS)
-        return Path(path)
+        return save_weights_bundle(
+            path, BUNDLE_META, self.meta(), BUNDLE_WEIGHTS, self.generator, overwrite=overwrite
+        )
 
     @classmethod
     def from_meta(cls, meta: dict, state: dict[str, torch.Tensor]) -> DeepFieldModel:
@@ -163,10 +158,9 @@ class DeepFieldModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> DeepFieldModel:
-        path = Path(path)
+        meta, weights = BUNDLE_META, BUNDLE_WEIGHTS
         label = "deep-field generator"
-        meta = read_bundle_meta(path, BUNDLE_META, BUNDLE_FORMAT, BUNDLE_VERSION, label)
-        with reading_bundle(path, label):
-            state = torch.load(path / BUNDLE_WEIGHTS, map_location="cpu", weights_only=True)
-            model = cls.from_meta(meta, state)
+        model = load_weights_bundle(
+            path, meta, weights, BUNDLE_FORMAT, BUNDLE_VERSION, label, cls.from_meta
+        )
         return model.to(device)

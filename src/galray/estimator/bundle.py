@@ -18,7 +18,6 @@ calibrated).  A stamp of another size or pixel scale than the training stamps is
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 
 from galray.errors import DataError
-from galray.io import atomic_directory, read_bundle_meta, reading_bundle
+from galray.io import load_weights_bundle, save_weights_bundle
 from galray.models.estimator import Estimator, EstimatorNetConfig, Targets
 
 BUNDLE_FORMAT = "galray.estimator"
@@ -98,10 +97,7 @@ class EstimatorModel:
         self._check(stamp, psf, sigma)
         outs = []
         for a in range(0, len(stamp), batch_size):
-            part = [
-                torch.from_numpy(np.array(x[a : a + batch_size]))
-                for x in (stamp, psf, sigma)
-            ]
+            part = [torch.from_numpy(np.array(x[a : a + batch_size])) for x in (stamp, psf, sigma)]
             outs.append([t.cpu() for t in self.net(*(p.to(self.device) for p in part))])
         return tuple(torch.cat(parts) for parts in zip(*outs))
 
@@ -140,11 +136,9 @@ class EstimatorModel:
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            (tmp / BUNDLE_META).write_text(json.dumps(self.meta(), indent=2))
-            state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-            torch.save(state, tmp / BUNDLE_WEIGHTS)
-        return Path(path)
+        return save_weights_bundle(
+            path, BUNDLE_META, self.meta(), BUNDLE_WEIGHTS, self.net, overwrite=overwrite
+        )
 
     @classmethod
     def from_meta(cls, meta: dict, state: dict[str, torch.Tensor]) -> EstimatorModel:
@@ -161,10 +155,9 @@ class EstimatorModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> EstimatorModel:
-        path = Path(path)
+        meta, weights = BUNDLE_META, BUNDLE_WEIGHTS
         label = "estimator"
-        meta = read_bundle_meta(path, BUNDLE_META, BUNDLE_FORMAT, BUNDLE_VERSION, label)
-        with reading_bundle(path, label):
-            state = torch.load(path / BUNDLE_WEIGHTS, map_location="cpu", weights_only=True)
-            model = cls.from_meta(meta, state)
+        model = load_weights_bundle(
+            path, meta, weights, BUNDLE_FORMAT, BUNDLE_VERSION, label, cls.from_meta
+        )
         return model.to(device)

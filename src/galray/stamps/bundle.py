@@ -22,7 +22,6 @@ keeps its magnitude (its flux is always the one asked for).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ import torch
 
 from galray.datasets.stamps import PROPERTIES, flux_of
 from galray.errors import DataError
-from galray.io import atomic_directory, read_bundle_meta, reading_bundle
+from galray.io import load_weights_bundle, save_weights_bundle
 from galray.models.stamps import StampNetConfig, StampVAE
 
 BUNDLE_FORMAT = "galray.stamps"
@@ -229,11 +228,9 @@ class StampModel:
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            (tmp / BUNDLE_META).write_text(json.dumps(self.meta(), indent=2))
-            state = {k: v.detach().cpu().contiguous() for k, v in self.vae.state_dict().items()}
-            torch.save(state, tmp / BUNDLE_WEIGHTS)
-        return Path(path)
+        return save_weights_bundle(
+            path, BUNDLE_META, self.meta(), BUNDLE_WEIGHTS, self.vae, overwrite=overwrite
+        )
 
     @classmethod
     def from_meta(cls, meta: dict, state: dict[str, torch.Tensor]) -> StampModel:
@@ -249,10 +246,9 @@ class StampModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> StampModel:
-        path = Path(path)
+        meta, weights = BUNDLE_META, BUNDLE_WEIGHTS
         label = "stamp generator"
-        meta = read_bundle_meta(path, BUNDLE_META, BUNDLE_FORMAT, BUNDLE_VERSION, label)
-        with reading_bundle(path, label):
-            state = torch.load(path / BUNDLE_WEIGHTS, map_location="cpu", weights_only=True)
-            model = cls.from_meta(meta, state)
+        model = load_weights_bundle(
+            path, meta, weights, BUNDLE_FORMAT, BUNDLE_VERSION, label, cls.from_meta
+        )
         return model.to(device)
