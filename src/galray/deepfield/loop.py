@@ -13,8 +13,6 @@ registers the final generator (:func:`galray.training.job.run_training`).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from scipy.stats import ks_2samp
@@ -114,41 +112,40 @@ def train_loop(config: dict) -> None:
     sync = GradientSync(world)
     logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
     clock = worker.EpochClock(cfg, device, world, progress)
-    for epoch in range(clock.start, cfg.epochs + 1):
+
+    def plan(epoch: int, crops: torch.Generator):
         # crops depend on (seed, epoch, rank), crop sizes on (seed, epoch): restarts replay them
         shapes = batch_sizes(cfg.optim, torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        crops, noise_seed = worker.epoch_seeds(cfg.seed, epoch, rank)
-        torch.manual_seed(noise_seed)
-        m.set_lr_scale(clock.lr_scale(epoch, cfg.optim.warmdown))
-        t0 = time.perf_counter()
-        for k, size in enumerate(shapes):
-            if k == len(shapes) // 2:
-                worker.maybe_fail(cfg, epoch, rank, world)
-            real = random_crops(image, cfg.optim.batch_size, size, crops, cfg.optim.augment)
+
+        def step(k: int) -> None:
+            real = random_crops(image, cfg.optim.batch_size, shapes[k], crops, cfg.optim.augment)
             train_batch(m, real, cfg.optim, sync)
-        metrics = m.pop_metrics()  # the one host sync of the epoch
-        seconds = time.perf_counter() - t0
-        if not clock.end_epoch(epoch, seconds):
-            continue
-        crops_seen = cfg.optim.batch_size * len(shapes) * world
-        metrics.update(clock.metrics(), crops_per_second=crops_seen / seconds)
-        if rank == 0:
-            metrics.update(validation_metrics(m, image, max(cfg.optim.crop_sizes), cfg.seed))
-            logger.log(metrics, epoch)
-            if (
-                logger.enabled
-                and cfg.sample_every
-                and (epoch % cfg.sample_every == 0 or clock.last)
-            ):
-                logger.log_image(
-                    sample_image(m, cfg.sample_size, cfg.seed),
-                    artifact_file=f"samples/epoch_{epoch:06d}.png",
-                )
-            worker.worker_print(
-                f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
-                f"D={metrics['critic_loss']:.3f}  G={metrics['generator_loss']:.3f}  "
-                f"pixel_ks_max={metrics['val_pixel_ks_max']:.3f}"
+
+        return step, len(shapes), cfg.optim.batch_size * len(shapes)
+
+    def log_sample(epoch: int) -> None:
+        if logger.enabled and cfg.sample_every and (epoch % cfg.sample_every == 0 or clock.last):
+            logger.log_image(
+                sample_image(m, cfg.sample_size, cfg.seed),
+                artifact_file=f"samples/epoch_{epoch:06d}.png",
             )
-        worker.report(metrics, rank=rank, state=m, clock=clock)
-        if clock.last:
-            break
+
+    def line(metrics: dict, epoch: int, seconds: float) -> str:
+        return (
+            f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
+            f"D={metrics['critic_loss']:.3f}  G={metrics['generator_loss']:.3f}  "
+            f"pixel_ks_max={metrics['val_pixel_ks_max']:.3f}"
+        )
+
+    worker.run_epochs(
+        cfg,
+        ctx,
+        m,
+        clock,
+        logger,
+        plan=plan,
+        rate="crops_per_second",
+        validate=lambda epoch: validation_metrics(m, image, max(cfg.optim.crop_sizes), cfg.seed),
+        line=line,
+        after_log=log_sample,
+    )

@@ -13,7 +13,6 @@ logged and registered by the driver (:func:`galray.training.job.run_training`).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,6 @@ CHECKPOINT_FEATURES = "features.json"
 def _columns_needed(spec: SurveySpec) -> list[str]:
     """What a worker reads: the inputs (truth and conditions), the measurements, detection."""
     return spec.input_columns + spec.flux_columns + spec.measured_columns + ["detected"]
-
-
-def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
-    """A Ray Data shard (DataIterator) as numpy columns, read block by block."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
-        for c in columns:
-            parts[c].append(np.asarray(batch[c]))
-    return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
 
 
 def fit_features(columns, spec: SurveySpec, device, whiten: bool = True) -> EmulatorFeatures:
@@ -164,7 +154,7 @@ def train_loop(config: dict) -> None:
     rank, world, device = ctx.rank, ctx.world, ctx.device
     needed = _columns_needed(spec)
 
-    columns = materialize(ray.train.get_dataset_shard("train"), needed)
+    columns = worker.materialize(ray.train.get_dataset_shard("train"), needed)
     worker.use_torch_threads(cfg.scaling)
     features = fit_features(columns, spec, device, cfg.whiten_targets)
     is_flow = cfg.model == "flow"
@@ -178,7 +168,7 @@ def train_loop(config: dict) -> None:
     )
     val = None
     if rank == 0:
-        val = materialize(ray.train.get_dataset_shard("val"), needed)
+        val = worker.materialize(ray.train.get_dataset_shard("val"), needed)
         val = {k: v[: cfg.data.max_val_rows] for k, v in val.items()}
 
     m = build_modules(
@@ -202,30 +192,25 @@ def train_loop(config: dict) -> None:
     # the flow's step builds zuko distribution objects each call: run it eagerly
     graphs = cfg.cuda_graphs and not is_flow
     runner = GroupRunner(m, data, cfg.optim, GradientSync(world), cuda_graph=graphs)
-    logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
-    clock = worker.EpochClock(cfg, device, world, progress)
-    for epoch in range(clock.start, cfg.epochs + 1):
-        order, noise_seed = worker.epoch_seeds(cfg.seed, epoch, rank)
-        torch.manual_seed(noise_seed)
-        t0 = time.perf_counter()
-        m.set_lr_scale(clock.lr_scale(epoch, cfg.optim.warmdown))
+
+    def plan(epoch: int, order: torch.Generator):
         idx_critic, idx_det = epoch_indices(data, cfg.optim, order, groups, steps)
-        for g in range(idx_critic.shape[0]):
-            if g == idx_critic.shape[0] // 2:
-                worker.maybe_fail(cfg, epoch, rank, world)
+
+        def step(g: int) -> None:
             runner(idx_critic[g], idx_det[g])
-        metrics = m.pop_metrics()  # the one host sync of the epoch
-        seconds = time.perf_counter() - t0
-        if not clock.end_epoch(epoch, seconds):
-            continue
-        metrics.update(clock.metrics(), rows_per_second=idx_critic.numel() * world / seconds)
-        if clock.last:
-            metrics["max_param_divergence"] = _param_divergence(m, device)
-        if rank == 0:
-            metrics.update(validation_metrics(m, features, val, seed=cfg.seed + epoch))
-            logger.log(metrics, epoch)
-            worker.worker_print(_progress_line(metrics, epoch, cfg.epochs))
-        files = {CHECKPOINT_FEATURES: features.to_json()}
-        worker.report(metrics, rank=rank, state=m, clock=clock, files=files)
-        if clock.last:
-            break
+
+        return step, idx_critic.shape[0], idx_critic.numel()
+
+    worker.run_epochs(
+        cfg,
+        ctx,
+        m,
+        worker.EpochClock(cfg, device, world, progress),
+        worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None,
+        plan=plan,
+        rate="rows_per_second",
+        validate=lambda epoch: validation_metrics(m, features, val, seed=cfg.seed + epoch),
+        line=lambda metrics, epoch, seconds: _progress_line(metrics, epoch, cfg.epochs),
+        last_metrics=lambda: {"max_param_divergence": _param_divergence(m, device)},
+        files=lambda: {CHECKPOINT_FEATURES: features.to_json()},
+    )

@@ -13,8 +13,6 @@ line.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -27,15 +25,6 @@ from galray.training import worker
 from galray.training.modules import GradientSync
 
 NEEDED = ["stamp", "psf", "noise_sigma", *PROPERTIES]
-
-
-def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
-    """A Ray Data shard (DataIterator) as numpy columns, read block by block."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
-        for c in columns:
-            parts[c].append(np.asarray(batch[c]))
-    return {c: np.concatenate(v) for c, v in parts.items() if v}
 
 
 def to_device(columns: dict[str, np.ndarray], conditions: Conditions, device) -> StampBatchData:
@@ -79,10 +68,12 @@ def train_loop(config: dict) -> None:
     ctx = worker.worker_context()
     rank, world, device = ctx.rank, ctx.world, ctx.device
 
-    data = to_device(materialize(ray.train.get_dataset_shard("train"), NEEDED), conditions, device)
+    data = to_device(
+        worker.materialize(ray.train.get_dataset_shard("train"), NEEDED), conditions, device
+    )
     val = None
     if rank == 0:
-        columns = materialize(ray.train.get_dataset_shard("val"), NEEDED)
+        columns = worker.materialize(ray.train.get_dataset_shard("val"), NEEDED)
         columns = {k: v[: cfg.data.max_val_rows] for k, v in columns.items()}
         val = to_device(columns, conditions, device)
     worker.use_torch_threads(cfg.scaling)
@@ -90,33 +81,32 @@ def train_loop(config: dict) -> None:
     m = build_stamp_modules(cfg.net, cfg.optim, device, cfg.seed)
     progress = worker.restore(m, device)
     sync = GradientSync(world)
-    logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
-    clock = worker.EpochClock(cfg, device, world, progress)
     steps = cfg.optim.steps_per_epoch
-    for epoch in range(clock.start, cfg.epochs + 1):
-        order, noise_seed = worker.epoch_seeds(cfg.seed, epoch, rank)
-        torch.manual_seed(noise_seed)
-        m.set_lr_scale(clock.lr_scale(epoch, cfg.optim.warmdown))
-        t0 = time.perf_counter()
-        for k in range(steps):
-            if k == steps // 2:
-                worker.maybe_fail(cfg, epoch, rank, world)
+
+    def plan(epoch: int, order: torch.Generator):
+        def step(k: int) -> None:
             train_batch(m, data, cfg.optim, sync, order)
-        metrics = m.pop_metrics()  # the one host sync of the epoch
-        seconds = time.perf_counter() - t0
-        if not clock.end_epoch(epoch, seconds):
-            continue
-        seen = cfg.optim.batch_size * steps * world
-        metrics.update(clock.metrics(), stamps_per_second=seen / seconds)
-        if rank == 0:
-            metrics.update(validation_metrics(m.exported_generator, val, cfg.optim.beta, cfg.seed))
-            logger.log(metrics, epoch)
-            worker.worker_print(
-                f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
-                f"{metrics['stamps_per_second']:,.0f} stamps/s  loss={metrics['loss']:.4f}  "
-                f"kl={metrics['kl']:.1f}  val_loss={metrics['val_loss']:.4f}  "
-                f"val_nll_per_pixel={metrics['val_nll_per_pixel']:.4f}"
-            )
-        worker.report(metrics, rank=rank, state=m, clock=clock)
-        if clock.last:
-            break
+
+        return step, steps, cfg.optim.batch_size * steps
+
+    def line(metrics: dict, epoch: int, seconds: float) -> str:
+        return (
+            f"[galray] epoch {epoch}/{cfg.epochs}  {seconds:.2f} s  "
+            f"{metrics['stamps_per_second']:,.0f} stamps/s  loss={metrics['loss']:.4f}  "
+            f"kl={metrics['kl']:.1f}  val_loss={metrics['val_loss']:.4f}  "
+            f"val_nll_per_pixel={metrics['val_nll_per_pixel']:.4f}"
+        )
+
+    worker.run_epochs(
+        cfg,
+        ctx,
+        m,
+        worker.EpochClock(cfg, device, world, progress),
+        worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None,
+        plan=plan,
+        rate="stamps_per_second",
+        validate=lambda epoch: validation_metrics(
+            m.exported_generator, val, cfg.optim.beta, cfg.seed
+        ),
+        line=line,
+    )

@@ -1,10 +1,10 @@
 """Inside a Ray Train worker: what every product's training loop does around its own steps.
 
-A loop calls :func:`worker_context` first, restores with :func:`restore`, then for each epoch
-takes its seeds from :func:`epoch_seeds`, its learning rate and stop decision from
-:class:`EpochClock`, and ends a reported epoch with :func:`report` (rank 0: a checkpoint;
-other ranks: metrics only).  :func:`maybe_fail` is the fault
-injection the tests use.
+A loop calls :func:`worker_context` first, reads its Ray Data shards with :func:`materialize`,
+restores with :func:`restore`, then runs :func:`run_epochs` with its own steps: each epoch takes
+its seeds from :func:`epoch_seeds`, its learning rate and stop decision from :class:`EpochClock`,
+and a reported epoch ends with :func:`report` (rank 0: a checkpoint; other ranks: metrics only).
+:func:`maybe_fail` is the fault injection the tests use.
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ def all_reduce_np(x: np.ndarray, device: torch.device, op=None) -> np.ndarray:
     t = torch.as_tensor(x, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.cpu().numpy()
+
+
+def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
+    """A Ray Data shard (DataIterator) as numpy columns, read block by block (an empty shard:
+    empty arrays)."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
+        for c in columns:
+            parts[c].append(np.asarray(batch[c]))
+    return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
 
 
 def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, int]:
@@ -231,3 +241,58 @@ def maybe_fail(cfg: TrainJobConfig, epoch: int, rank: int, world: int) -> None:
     marker.write_text("died once")
     time.sleep(3.0)  # let the controller register the previous epoch's checkpoint
     os._exit(1)
+
+
+def run_epochs(
+    cfg: TrainJobConfig,
+    ctx: WorkerContext,
+    state,
+    clock: EpochClock,
+    logger: MlflowEpochLogger | None,
+    *,
+    plan: Callable[[int, torch.Generator], tuple[Callable[[int], None], int, int]],
+    rate: str,
+    validate: Callable[[int], dict[str, float]],
+    line: Callable[[dict[str, float], int, float], str],
+    last_metrics: Callable[[], dict[str, float]] | None = None,
+    after_log: Callable[[int], None] | None = None,
+    files: Callable[[], dict[str, str]] | None = None,
+) -> None:
+    """The epochs of a training loop, from ``clock.start`` to ``cfg.epochs`` (or the time budget).
+
+    Each epoch seeds its data order and torch's generator (:func:`epoch_seeds`), scales the
+    learning rate of ``state`` (a :class:`~galray.training.modules.TrainingState`) and runs the
+    product's steps: ``plan(epoch, order) -> (step, n, items)``, then ``step(k)`` for ``k`` in
+    ``range(n)`` on ``items`` rows of this rank (:func:`maybe_fail` halfway).  A reported epoch's
+    metrics are the steps' (``state.pop_metrics()``), the clock's, ``rate`` (items per second over
+    all ranks) and, on the last epoch, ``last_metrics()`` (every rank: it may be collective).
+    Rank 0 adds ``validate(epoch)``, logs them, calls ``after_log(epoch)`` and prints
+    ``line(metrics, epoch, seconds)``; every rank then reports, rank 0 with a checkpoint holding
+    ``files()`` (name -> text) too."""
+    rank, world = ctx.rank, ctx.world
+    for epoch in range(clock.start, cfg.epochs + 1):
+        order, noise_seed = epoch_seeds(cfg.seed, epoch, rank)
+        torch.manual_seed(noise_seed)
+        state.set_lr_scale(clock.lr_scale(epoch, cfg.optim.warmdown))
+        t0 = time.perf_counter()
+        step, n, items = plan(epoch, order)
+        for k in range(n):
+            if k == n // 2:
+                maybe_fail(cfg, epoch, rank, world)
+            step(k)
+        metrics = state.pop_metrics()  # the one host sync of the epoch
+        seconds = time.perf_counter() - t0
+        if not clock.end_epoch(epoch, seconds):
+            continue
+        metrics.update(clock.metrics(), **{rate: items * world / seconds})
+        if clock.last and last_metrics is not None:
+            metrics.update(last_metrics())
+        if rank == 0:
+            metrics.update(validate(epoch))
+            logger.log(metrics, epoch)
+            if after_log is not None:
+                after_log(epoch)
+            worker_print(line(metrics, epoch, seconds))
+        report(metrics, rank=rank, state=state, clock=clock, files=files() if files else None)
+        if clock.last:
+            break
