@@ -148,6 +148,10 @@ def test_bin_table_measures_errors_in_units_of_the_bound():
     assert high.cov95 == pytest.approx(0.95, abs=4 * high.cov95_se)
     # the raw RMSE is not in units of the bound: it mixes galaxies of different bounds
     assert high.rmse != pytest.approx(high.rmse_over_bound, rel=0.05)
+    # no S/N known (the rich population): one bin of every row
+    table = bin_table(["hlr"], np.full(n, np.inf), [], err, pred, None, "cnn")
+    assert list(table.snr_bin) == ["all"] and table.n[0] == n
+    assert table.rmse[0] == pytest.approx(np.sqrt(np.mean(err**2)))
 
 
 def test_judge_flags_a_generator_whose_galaxies_measure_too_big():

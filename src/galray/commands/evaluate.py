@@ -257,7 +257,8 @@ def _estimator(args: argparse.Namespace) -> int:
     model = galray.estimator.load(args.model)
     report = evaluate_estimator(model, args.data, args.out, cfg)
     params = {"model": args.model, "data": args.data, "rows": args.rows}
-    keys = [k for k in report if k.startswith(("rmse_over", "fit_rmse", "cov"))]
+    keys = [k for k in report if k.startswith(("rmse", "bias", "fit_rmse", "cov"))]
+    keys = [k for k in keys if not k.endswith("_se")]
     keys += ["n_rows", "seconds_per_galaxy_cnn", "seconds_per_galaxy_fit"]
     keys += ["seconds_per_galaxy_bound", "meets_targets"]
     keys = [k for k in keys if k in report]  # the rich population has no bound, no fit

@@ -78,10 +78,13 @@ def bin_table(
     """One row per (parameter, S/N bin) of ``who``'s errors ``err [rows, P]``: bias, rmse,
     against the bound (when given) and coverage (when ``sigma_pred`` is given)."""
     rows = []
-    bins = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] + [(HIGH_SNR, np.inf)]
+    if edges:
+        bins = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] + [(HIGH_SNR, np.inf)]
+    else:  # no S/N known (the rich population): one bin of every row
+        bins = [(-np.inf, np.inf)]
     for lo, hi in bins:
-        m = (snr >= lo) & (snr < hi)
-        label = f">={lo:g}" if np.isinf(hi) else f"{lo:g}-{hi:g}"
+        m = (snr >= lo) & (snr < hi) if edges else np.ones(len(snr), bool)
+        label = "all" if not edges else f">={lo:g}" if np.isinf(hi) else f"{lo:g}-{hi:g}"
         for k, name in enumerate(names):
             row = {"estimator": who, "param": name, "snr_bin": label, "n": int(m.sum())}
             e = err[m, k]
@@ -152,7 +155,7 @@ def evaluate_estimator(
         if name == "flux":
             sigma_pred[:, k] = sigma_pred[:, k] / truth[:, k]
     snr = np.asarray(test["snr"], np.float64) if "snr" in test else np.full(n_rows, np.inf)
-    edges = cfg.snr_bins if "snr" in test else [0.0, np.inf]
+    edges = cfg.snr_bins if "snr" in test else []
 
     report: dict = {"n_rows": n_rows, "population": population, "measured": names}
     report["seconds_per_galaxy_cnn"] = cnn_seconds
@@ -207,13 +210,16 @@ def _against_bound(model, test, manifest, names, err, snr, edges, cfg, report, l
 
 
 def _headline(table: pd.DataFrame, names: list[str]) -> dict:
-    """The S/N >= 50 numbers of the report (and whether they meet the targets)."""
+    """The S/N >= 50 numbers of the report (or, with no S/N known, those over every row) and
+    whether they meet the targets."""
     out: dict = {}
-    high = table[table.snr_bin == f">={HIGH_SNR:g}"]
+    high = table[table.snr_bin.isin([f">={HIGH_SNR:g}", "all"])]
     meets = True
     for name in names:
         cnn = high[high.estimator.isin(["cnn", "cnn_vs_bound"]) & (high.param == name)]
         for _, row in cnn.iterrows():
+            if row["snr_bin"] == "all":  # no S/N known: the CNN's bias and RMSE over all rows
+                out[f"bias_{name}"], out[f"rmse_{name}"] = float(row["bias"]), float(row["rmse"])
             for key in ("cov68", "cov95"):
                 if key in row and pd.notna(row[key]):
                     out[f"{key}_{name}"] = float(row[key])
