@@ -13,13 +13,20 @@ trials by ``val_loss``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from galray.datasets.stamps import MANIFEST, read_manifest, read_stamps, stamp_files
+from galray.datasets.stamp_training import (
+    count_splits,
+    data_params,
+    require_stamps,
+    split_dataset,
+    with_absolute_stamps,
+)
+from galray.datasets.stamps import MANIFEST, read_manifest, read_stamps
 from galray.errors import ConfigError
 from galray.estimator import registry
 from galray.estimator.bundle import EstimatorModel
@@ -52,26 +59,9 @@ class TrainingStamps:
 def prepare(cfg: EstimatorTrainConfig, log) -> EstimatorTrainConfig:
     """Check that ``data.stamps`` exists; with ``data.simulate_if_missing``, render the stamps
     ``data.simulate`` describes there first."""
-    path, sim = cfg.data.stamps, cfg.data.simulate
-    if Path(path).exists():
-        return cfg
-    if not (cfg.data.simulate_if_missing and sim is not None):
-        hint = (
-            " (to render the stamps data.simulate describes, set data.simulate_if_missing)"
-            if sim is not None
-            else " (render them: galray simulate stamps --population sersic)"
-        )
-        raise ConfigError(f"data.stamps: {path} does not exist{hint}")
-    from galray.datasets.stamps import simulate_stamps
-
-    log(f"data.stamps: {path} does not exist: simulating stamps there (data.simulate_if_missing)")
-    simulate_stamps(path, sim, log=lambda _: None, workers=2)
+    hint = " (render them: galray simulate stamps --population sersic)"
+    require_stamps(cfg.data, log, hint=hint, no_section_hint=hint, workers=2)
     return cfg
-
-
-def absolute_paths(cfg: EstimatorTrainConfig) -> EstimatorTrainConfig:
-    data = replace(cfg.data, stamps=str(Path(cfg.data.stamps).resolve()))
-    return replace(cfg, data=data, storage_path=str(Path(cfg.storage_path).resolve()))
 
 
 def target_names(cfg: EstimatorTrainConfig, manifest: dict) -> list[str]:
@@ -101,14 +91,7 @@ def load_training_stamps(cfg: EstimatorTrainConfig) -> TrainingStamps:
         )
     names = target_names(cfg, manifest)
     meta = read_stamps(path, columns=names)
-    split = np.asarray(meta["id"]) % 10
-    rows = {"train": int((split < 8).sum()), "val": int((split == 8).sum())}
-    rows["test"] = int((split == 9).sum())
-    if rows["train"] < cfg.optim.batch_size or rows["val"] < 1:
-        raise ConfigError(
-            f"data.stamps: {path} holds {rows['train']} training and {rows['val']} validation "
-            f"stamps; optim.batch_size is {cfg.optim.batch_size}"
-        )
+    rows = count_splits(path, meta["id"], cfg.optim.batch_size)
     for name in names:
         values = np.asarray(meta[name], np.float64)
         transform = DEFAULT_TRANSFORMS.get(name, "linear")
@@ -140,21 +123,9 @@ def fit_targets(path: str, names: list[str], seed: int) -> Targets:
     return Targets(names, transforms, t.mean(0).tolist(), std.tolist())
 
 
-def _keep_split(batch: dict, split: str) -> dict:
-    from galray.datasets.stamps import split_of
-
-    keep = split_of(batch["id"]) == split
-    return {k: v[keep] for k, v in batch.items()}
-
-
 def dataset(stamps: TrainingStamps, split: str, clean: bool):
     """Ray Data dataset of one split's stamps (the columns training reads)."""
-    import ray.data
-
-    files = [str(f) for f in stamp_files(stamps.path)]
-    columns = ["id", *needed_columns(stamps.targets.names, clean)]
-    ds = ray.data.read_parquet(files, columns=columns)
-    return ds.map_batches(_keep_split, fn_kwargs={"split": split}, batch_format="numpy")
+    return split_dataset(stamps.path, split, needed_columns(stamps.targets.names, clean))
 
 
 def _log_data(stamps: TrainingStamps) -> None:
@@ -162,10 +133,7 @@ def _log_data(stamps: TrainingStamps) -> None:
 
     mlflow.log_params(
         {
-            "data.rows_train": stamps.rows["train"],
-            "data.rows_val": stamps.rows["val"],
-            "data.size": stamps.manifest["size"],
-            "data.pixel_scale": stamps.manifest["pixel_scale"],
+            **data_params(stamps.manifest, stamps.rows),
             "data.population": stamps.population,
             "data.measured": ",".join(stamps.targets.names),
         }
@@ -226,7 +194,7 @@ SPEC = ProductSpec(
     metric="val_loss",
     mode="min",
     prepare=prepare,
-    absolute_paths=absolute_paths,
+    absolute_paths=with_absolute_stamps,
     load_data=load_training_stamps,
     log_data=_log_data,
     describe_data=lambda s: (

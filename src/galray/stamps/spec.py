@@ -12,12 +12,17 @@ split through the same PSFs and noise, and monotonicity sweeps
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from galray.datasets.stamps import MANIFEST, PROPERTIES, read_manifest, read_stamps, stamp_files
+from galray.datasets.stamp_training import (
+    count_splits,
+    data_params,
+    require_stamps,
+    split_dataset,
+    with_absolute_stamps,
+)
+from galray.datasets.stamps import MANIFEST, PROPERTIES, read_manifest, read_stamps, split_of
 from galray.errors import ConfigError
 from galray.models.stamps import StampVAE
 from galray.stamps import registry
@@ -42,27 +47,8 @@ class TrainingStamps:
 def prepare(cfg: StampsTrainConfig, log) -> StampsTrainConfig:
     """Check that ``data.stamps`` exists; with ``data.simulate_if_missing``, render the stamps
     ``data.simulate`` describes there first."""
-    path, sim = cfg.data.stamps, cfg.data.simulate
-    if Path(path).exists():
-        return cfg
-    if not (cfg.data.simulate_if_missing and sim is not None):
-        if sim is not None:
-            hint = " (to render the stamps data.simulate describes, set data.simulate_if_missing)"
-        elif cfg.data.simulate_if_missing:
-            hint = " (data.simulate_if_missing is on, but there is no data.simulate section)"
-        else:
-            hint = " (or render synthetic ones: galray simulate stamps)"
-        raise ConfigError(f"data.stamps: {path} does not exist{hint}")
-    from galray.datasets.stamps import simulate_stamps
-
-    log(f"data.stamps: {path} does not exist: simulating stamps there (data.simulate_if_missing)")
-    simulate_stamps(path, sim, log=lambda _: None)
+    require_stamps(cfg.data, log, hint=" (or render synthetic ones: galray simulate stamps)")
     return cfg
-
-
-def absolute_paths(cfg: StampsTrainConfig) -> StampsTrainConfig:
-    data = replace(cfg.data, stamps=str(Path(cfg.data.stamps).resolve()))
-    return replace(cfg, data=data, storage_path=str(Path(cfg.storage_path).resolve()))
 
 
 def load_training_stamps(cfg: StampsTrainConfig) -> TrainingStamps:
@@ -77,45 +63,20 @@ def load_training_stamps(cfg: StampsTrainConfig) -> TrainingStamps:
     if cfg.net.n_cond != len(PROPERTIES):
         raise ConfigError(f"net.n_cond: the stamps have {len(PROPERTIES)} conditions")
     props = read_stamps(path, columns=list(PROPERTIES))
-    split = np.asarray(props["id"]) % 10
-    rows = {"train": int((split < 8).sum()), "val": int((split == 8).sum())}
-    rows["test"] = int((split == 9).sum())
-    if rows["train"] < cfg.optim.batch_size or rows["val"] < 1:
-        raise ConfigError(
-            f"data.stamps: {path} holds {rows['train']} training and {rows['val']} validation "
-            f"stamps; optim.batch_size is {cfg.optim.batch_size}"
-        )
-    train = {k: v[split < 8] for k, v in props.items()}
+    rows = count_splits(path, props["id"], cfg.optim.batch_size)
+    train = {k: v[split_of(props["id"]) == "train"] for k, v in props.items()}
     return TrainingStamps(str(path), manifest, Conditions.fit(train), rows)
-
-
-def _keep_split(batch: dict, split: str) -> dict:
-    from galray.datasets.stamps import split_of
-
-    keep = split_of(batch["id"]) == split
-    return {k: v[keep] for k, v in batch.items()}
 
 
 def dataset(stamps: TrainingStamps, split: str):
     """Ray Data dataset of one split's stamps (the columns training reads)."""
-    import ray.data
-
-    files = [str(f) for f in stamp_files(stamps.path)]
-    ds = ray.data.read_parquet(files, columns=["id", *NEEDED])
-    return ds.map_batches(_keep_split, fn_kwargs={"split": split}, batch_format="numpy")
+    return split_dataset(stamps.path, split, NEEDED)
 
 
 def _log_data(stamps: TrainingStamps) -> None:
     import mlflow
 
-    mlflow.log_params(
-        {
-            "data.rows_train": stamps.rows["train"],
-            "data.rows_val": stamps.rows["val"],
-            "data.size": stamps.manifest["size"],
-            "data.pixel_scale": stamps.manifest["pixel_scale"],
-        }
-    )
+    mlflow.log_params(data_params(stamps.manifest, stamps.rows))
     mlflow.log_dict(stamps.manifest, "stamps_simulation.json")
 
 
@@ -163,7 +124,7 @@ SPEC = ProductSpec(
     metric="val_loss",
     mode="min",
     prepare=prepare,
-    absolute_paths=absolute_paths,
+    absolute_paths=with_absolute_stamps,
     load_data=load_training_stamps,
     log_data=_log_data,
     describe_data=lambda s: (
