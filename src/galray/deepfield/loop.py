@@ -94,7 +94,7 @@ def train_loop(config: dict) -> None:
     field_ref = config.pop("_field")
     cfg = from_dict(DeepFieldTrainConfig, config)
     ctx = worker.worker_context()
-    rank, world, device = ctx.rank, ctx.world, ctx.device
+    world, device = ctx.world, ctx.device
     image = _load_image(field_ref, device)
     worker.use_torch_threads(cfg.scaling)
 
@@ -110,8 +110,6 @@ def train_loop(config: dict) -> None:
     if cfg.compile:
         _compile(m)
     sync = GradientSync(world)
-    logger = worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None
-    clock = worker.EpochClock(cfg, device, world, progress)
 
     def plan(epoch: int, crops: torch.Generator):
         # crops depend on (seed, epoch, rank), crop sizes on (seed, epoch): restarts replay them
@@ -123,8 +121,8 @@ def train_loop(config: dict) -> None:
 
         return step, len(shapes), cfg.optim.batch_size * len(shapes)
 
-    def log_sample(epoch: int) -> None:
-        if logger.enabled and cfg.sample_every and (epoch % cfg.sample_every == 0 or clock.last):
+    def log_sample(logger: worker.MlflowEpochLogger, epoch: int, last: bool) -> None:
+        if logger.enabled and cfg.sample_every and (epoch % cfg.sample_every == 0 or last):
             logger.log_image(
                 sample_image(m, cfg.sample_size, cfg.seed),
                 artifact_file=f"samples/epoch_{epoch:06d}.png",
@@ -141,8 +139,8 @@ def train_loop(config: dict) -> None:
         cfg,
         ctx,
         m,
-        clock,
-        logger,
+        progress,
+        mlflow_info,
         plan=plan,
         rate="crops_per_second",
         validate=lambda epoch: validation_metrics(m, image, max(cfg.optim.crop_sizes), cfg.seed),

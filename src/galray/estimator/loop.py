@@ -97,13 +97,6 @@ def train_loop(config: dict) -> None:
     m = build_estimator_modules(cfg.net, cfg.optim, device, cfg.seed)
     progress = worker.restore(m, device)
     sync = GradientSync(world)
-    steps = cfg.optim.steps_per_epoch
-
-    def plan(epoch: int, order: torch.Generator):
-        def step(k: int) -> None:
-            train_batch(m, data, targets, cfg.optim, fresh, sync, order)
-
-        return step, steps, cfg.optim.batch_size * steps
 
     def line(metrics: dict, epoch: int, seconds: float) -> str:
         return (
@@ -116,9 +109,11 @@ def train_loop(config: dict) -> None:
         cfg,
         ctx,
         m,
-        worker.EpochClock(cfg, device, world, progress),
-        worker.MlflowEpochLogger(mlflow_info) if rank == 0 else None,
-        plan=plan,
+        progress,
+        mlflow_info,
+        plan=worker.same_steps(
+            cfg.optim, lambda order: train_batch(m, data, targets, cfg.optim, fresh, sync, order)
+        ),
         rate="stamps_per_second",
         validate=lambda epoch: validation_metrics(
             m.exported_generator, val, targets, cfg.optim.beta_nll

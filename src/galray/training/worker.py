@@ -243,33 +243,44 @@ def maybe_fail(cfg: TrainJobConfig, epoch: int, rank: int, world: int) -> None:
     os._exit(1)
 
 
+def same_steps(optim, step: Callable[[torch.Generator], None]):
+    """A ``plan`` for :func:`run_epochs`: every epoch ``optim.steps_per_epoch`` calls of
+    ``step(order)``, each on ``optim.batch_size`` rows."""
+    n = optim.steps_per_epoch
+    return lambda epoch, order: ((lambda k: step(order)), n, n * optim.batch_size)
+
+
 def run_epochs(
     cfg: TrainJobConfig,
     ctx: WorkerContext,
     state,
-    clock: EpochClock,
-    logger: MlflowEpochLogger | None,
+    progress: dict,
+    mlflow_info: dict,
     *,
     plan: Callable[[int, torch.Generator], tuple[Callable[[int], None], int, int]],
     rate: str,
     validate: Callable[[int], dict[str, float]],
     line: Callable[[dict[str, float], int, float], str],
     last_metrics: Callable[[], dict[str, float]] | None = None,
-    after_log: Callable[[int], None] | None = None,
+    after_log: Callable[[MlflowEpochLogger, int, bool], None] | None = None,
     files: Callable[[], dict[str, str]] | None = None,
 ) -> None:
-    """The epochs of a training loop, from ``clock.start`` to ``cfg.epochs`` (or the time budget).
+    """The epochs of a training loop, from where ``progress`` (:func:`restore`) left off to
+    ``cfg.epochs`` or the time budget (:class:`EpochClock`).
 
     Each epoch seeds its data order and torch's generator (:func:`epoch_seeds`), scales the
     learning rate of ``state`` (a :class:`~galray.training.modules.TrainingState`) and runs the
     product's steps: ``plan(epoch, order) -> (step, n, items)``, then ``step(k)`` for ``k`` in
-    ``range(n)`` on ``items`` rows of this rank (:func:`maybe_fail` halfway).  A reported epoch's
-    metrics are the steps' (``state.pop_metrics()``), the clock's, ``rate`` (items per second over
-    all ranks) and, on the last epoch, ``last_metrics()`` (every rank: it may be collective).
-    Rank 0 adds ``validate(epoch)``, logs them, calls ``after_log(epoch)`` and prints
-    ``line(metrics, epoch, seconds)``; every rank then reports, rank 0 with a checkpoint holding
-    ``files()`` (name -> text) too."""
+    ``range(n)`` on ``items`` rows of this rank (:func:`maybe_fail` halfway; :func:`same_steps`
+    is the plan of a fixed number of alike steps).  A reported epoch's metrics are the steps'
+    (``state.pop_metrics()``), the clock's, ``rate`` (items per second over all ranks) and, on
+    the last epoch, ``last_metrics()`` (every rank: it may be collective).  Rank 0 adds
+    ``validate(epoch)``, logs them to the MLflow run of ``mlflow_info``, calls
+    ``after_log(logger, epoch, last)`` and prints ``line(metrics, epoch, seconds)``; every rank
+    then reports, rank 0 with a checkpoint holding ``files()`` (name -> text) too."""
     rank, world = ctx.rank, ctx.world
+    clock = EpochClock(cfg, ctx.device, world, progress)
+    logger = MlflowEpochLogger(mlflow_info) if rank == 0 else None
     for epoch in range(clock.start, cfg.epochs + 1):
         order, noise_seed = epoch_seeds(cfg.seed, epoch, rank)
         torch.manual_seed(noise_seed)
@@ -291,7 +302,7 @@ def run_epochs(
             metrics.update(validate(epoch))
             logger.log(metrics, epoch)
             if after_log is not None:
-                after_log(epoch)
+                after_log(logger, epoch, clock.last)
             worker_print(line(metrics, epoch, seconds))
         report(metrics, rank=rank, state=state, clock=clock, files=files() if files else None)
         if clock.last:

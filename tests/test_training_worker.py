@@ -1,0 +1,130 @@
+"""The shared parts of every product's Ray Train loop (galray.training.worker), without Ray:
+reading a shard into columns and the epoch skeleton :func:`run_epochs`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from galray.training import worker
+
+
+class FakeShard:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def iter_batches(self, batch_size=None, batch_format="numpy"):
+        assert batch_size is None and batch_format == "numpy"
+        yield from self.batches
+
+
+def test_materialize_concatenates_blocks_and_keeps_empty_columns():
+    shard = FakeShard(
+        [{"a": [1, 2], "b": [0.5, 1.5], "x": [9, 9]}, {"a": [3], "b": [2.5], "x": [9]}]
+    )
+    out = worker.materialize(shard, ["a", "b"])
+    assert set(out) == {"a", "b"}
+    np.testing.assert_array_equal(out["a"], [1, 2, 3])
+    np.testing.assert_array_equal(out["b"], [0.5, 1.5, 2.5])
+    empty = worker.materialize(FakeShard([]), ["a"])
+    assert empty["a"].shape == (0,)
+
+
+class FakeState:
+    """A TrainingState stand-in: records learning-rate scales and counts steps."""
+
+    def __init__(self):
+        self.lr_scales, self.steps = [], 0
+
+    def set_lr_scale(self, scale: float) -> None:
+        self.lr_scales.append(scale)
+
+    def pop_metrics(self) -> dict:
+        return {"loss": float(self.steps)}
+
+
+def _cfg(epochs: int = 3, report_every: int = 1):
+    optim = SimpleNamespace(warmdown=0.5, steps_per_epoch=4, batch_size=8)
+    return SimpleNamespace(
+        epochs=epochs,
+        time_budget_s=None,
+        report_every=report_every,
+        seed=7,
+        debug_fail_at_epoch=None,
+        optim=optim,
+    )
+
+
+@pytest.fixture
+def reports(monkeypatch):
+    sent, printed = [], []
+
+    def report(metrics, *, rank, state, clock, files=None):
+        sent.append((clock.epoch, dict(metrics), files))
+
+    monkeypatch.setattr(worker, "report", report)
+    monkeypatch.setattr(worker, "worker_print", printed.append)
+    return SimpleNamespace(sent=sent, printed=printed)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_run_epochs_runs_the_plan_and_reports_each_epoch(reports, rank):
+    cfg, state = _cfg(), FakeState()
+    ctx = worker.WorkerContext(rank=rank, world=2, device=torch.device("cpu"))
+    orders, validated, logged = [], [], []
+
+    def step(order):
+        orders.append(order.initial_seed())
+        state.steps += 1
+
+    worker.run_epochs(
+        cfg,
+        ctx,
+        state,
+        {},
+        {},
+        plan=worker.same_steps(cfg.optim, step),
+        rate="rows_per_second",
+        validate=lambda epoch: validated.append(epoch) or {"val_loss": 0.25},
+        line=lambda metrics, epoch, seconds: f"epoch {epoch} loss={metrics['loss']:.0f}",
+        last_metrics=lambda: {"divergence": 0.0},
+        after_log=lambda logger, epoch, last: logged.append((epoch, last)),
+        files=lambda: {"features.json": "{}"},
+    )
+    assert state.steps == 3 * 4
+    # each epoch's steps see that epoch's data-order generator of this rank
+    expected = [worker.epoch_seeds(7, e, rank)[0].initial_seed() for e in (1, 2, 3) for _ in "abcd"]
+    assert orders == expected
+    assert state.lr_scales[0] == 1.0 and state.lr_scales[-1] < 1.0  # warmdown over the last half
+    assert [epoch for epoch, _, _ in reports.sent] == [1, 2, 3]
+    for epoch, metrics, files in reports.sent:
+        assert metrics["rows_per_second"] > 0 and metrics["epoch"] == epoch
+        assert ("divergence" in metrics) == (epoch == 3)  # the last epoch only
+        assert ("val_loss" in metrics) == (rank == 0)
+        assert files == {"features.json": "{}"}
+    if rank == 0:
+        assert validated == [1, 2, 3] and logged == [(1, False), (2, False), (3, True)]
+        assert reports.printed == ["epoch 1 loss=4", "epoch 2 loss=8", "epoch 3 loss=12"]
+    else:
+        assert validated == [] and logged == [] and reports.printed == []
+
+
+def test_run_epochs_reports_every_nth_epoch_and_the_last(reports):
+    cfg, state = _cfg(epochs=5, report_every=2), FakeState()
+    ctx = worker.WorkerContext(rank=0, world=1, device=torch.device("cpu"))
+    worker.run_epochs(
+        cfg,
+        ctx,
+        state,
+        {"epoch": 1, "history": [1], "train_seconds": 1.0},  # resumed after epoch 1
+        {},
+        plan=lambda epoch, order: ((lambda k: None), 3, 30),
+        rate="items_per_second",
+        validate=lambda epoch: {},
+        line=lambda metrics, epoch, seconds: "",
+    )
+    assert [epoch for epoch, _, _ in reports.sent] == [2, 4, 5]
+    assert len(state.lr_scales) == 4  # epochs 2..5
