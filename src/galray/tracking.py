@@ -209,6 +209,14 @@ class TrainingData:
     survey: str | None = None
     rows: int | None = None
 
+    @classmethod
+    def of_path(cls, path, manifests=(), rows: int | None = None) -> TrainingData:
+        """A file or directory ``path`` as the data, named by it, its digest over the
+        ``manifests`` (file names inside ``path``) and the listing of ``path``."""
+        path = Path(path)
+        digest = files_digest([path / m for m in manifests], listing=path)
+        return cls(source=str(path.resolve()), name=path.name, digest=digest, rows=rows)
+
 
 def files_digest(paths, listing: str | os.PathLike | None = None) -> str:
     """16 hex digits of SHA-256 over the contents of ``paths`` that exist (manifests:

@@ -26,7 +26,7 @@ from galray.deepfield.loop import train_loop
 from galray.deepfield.scaling import IntensityScaling
 from galray.errors import ConfigError
 from galray.models.sgan import Generator
-from galray.tracking import TrainingData, files_digest
+from galray.tracking import TrainingData
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -192,11 +192,7 @@ SPEC = ProductSpec(
     ),
     provenance=lambda cfg, field: {"data": cfg.data.image},
     model_kind=lambda cfg: "sgan",
-    training_data=lambda cfg, field: TrainingData(
-        source=str(Path(cfg.data.image).resolve()),
-        name=Path(cfg.data.image).name,
-        digest=files_digest([], listing=cfg.data.image),
-    ),
+    training_data=lambda cfg, field: TrainingData.of_path(cfg.data.image),
     build_trainer=build_trainer,
     export=model_from_checkpoint,
     evaluate=_evaluate,

@@ -33,7 +33,7 @@ from galray.estimator.bundle import EstimatorModel
 from galray.estimator.config import DEFAULT_TARGETS, DEFAULT_TRANSFORMS, EstimatorTrainConfig
 from galray.estimator.loop import needed_columns, train_loop
 from galray.models.estimator import Estimator, Targets, brightness_scale
-from galray.tracking import TrainingData, files_digest
+from galray.tracking import TrainingData
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -204,12 +204,7 @@ SPEC = ProductSpec(
     ),
     provenance=lambda cfg, s: {"data": cfg.data.stamps, "population": s.population},
     model_kind=lambda cfg: "estimator",
-    training_data=lambda cfg, s: TrainingData(
-        source=str(Path(s.path).resolve()),
-        name=Path(s.path).name,
-        digest=files_digest([Path(s.path) / MANIFEST], listing=s.path),
-        rows=s.rows["train"],
-    ),
+    training_data=lambda cfg, s: TrainingData.of_path(s.path, [MANIFEST], s.rows["train"]),
     build_trainer=build_trainer,
     export=model_from_checkpoint,
     evaluate=_evaluate,

@@ -29,7 +29,7 @@ from galray.stamps import registry
 from galray.stamps.bundle import Conditions, StampModel
 from galray.stamps.config import StampsTrainConfig
 from galray.stamps.loop import NEEDED, train_loop
-from galray.tracking import TrainingData, files_digest
+from galray.tracking import TrainingData
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -133,12 +133,7 @@ SPEC = ProductSpec(
     ),
     provenance=lambda cfg, s: {"data": cfg.data.stamps},
     model_kind=lambda cfg: "stamps",
-    training_data=lambda cfg, s: TrainingData(
-        source=str(Path(s.path).resolve()),
-        name=Path(s.path).name,
-        digest=files_digest([Path(s.path) / MANIFEST], listing=s.path),
-        rows=s.rows["train"],
-    ),
+    training_data=lambda cfg, s: TrainingData.of_path(s.path, [MANIFEST], s.rows["train"]),
     build_trainer=build_trainer,
     export=model_from_checkpoint,
     evaluate=_evaluate,
