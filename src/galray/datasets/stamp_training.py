@@ -2,15 +2,13 @@
 stamp generator and the estimator both do before and while they train on one.
 
 :func:`require_stamps` checks that ``data.stamps`` exists (or renders ``data.simulate`` there
-when ``data.simulate_if_missing`` asks), :func:`with_absolute_stamps` makes the config's paths
-absolute, :func:`count_splits` counts the train/val/test rows (``id % 10``) and checks them
+when ``data.simulate_if_missing`` asks), :func:`count_splits` counts the train/val/test rows (``id % 10``) and checks them
 against the batch size, :func:`split_dataset` reads one split as a Ray Data dataset, and
 :func:`data_params` is what every stamps run logs about its data.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +49,6 @@ def require_stamps(
 
     log(f"data.stamps: {path} does not exist: simulating stamps there (data.simulate_if_missing)")
     simulate_stamps(path, sim, log=lambda _: None, workers=workers)
-
-
-def with_absolute_stamps(cfg):
-    """``cfg`` with ``data.stamps`` and ``storage_path`` absolute (trials run elsewhere)."""
-    data = replace(cfg.data, stamps=str(Path(cfg.data.stamps).resolve()))
-    return replace(cfg, data=data, storage_path=str(Path(cfg.storage_path).resolve()))
 
 
 def count_splits(path: str, ids, batch_size: int) -> dict[str, int]:

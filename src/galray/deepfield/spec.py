@@ -15,7 +15,7 @@ cost of a few generated crops; the source-extraction comparison runs once, on th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from galray.datasets.fitsfield import FieldImage, read_field
@@ -27,6 +27,7 @@ from galray.deepfield.scaling import IntensityScaling
 from galray.errors import ConfigError
 from galray.models.sgan import Generator
 from galray.tracking import TrainingData
+from galray.training.config import with_absolute_paths
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -64,11 +65,6 @@ def prepare(cfg: DeepFieldTrainConfig, log) -> DeepFieldTrainConfig:
     )
     simulate_deepfield(image, sim, log=log)
     return cfg
-
-
-def absolute_paths(cfg: DeepFieldTrainConfig) -> DeepFieldTrainConfig:
-    data = replace(cfg.data, image=str(Path(cfg.data.image).resolve()))
-    return replace(cfg, data=data, storage_path=str(Path(cfg.storage_path).resolve()))
 
 
 def load_training_field(cfg: DeepFieldTrainConfig) -> TrainingField:
@@ -183,7 +179,7 @@ SPEC = ProductSpec(
     metric="val_pixel_ks_max",
     mode="min",
     prepare=prepare,
-    absolute_paths=absolute_paths,
+    absolute_paths=lambda cfg: with_absolute_paths(cfg, "image"),
     load_data=load_training_field,
     log_data=_log_data,
     describe_data=lambda field: (

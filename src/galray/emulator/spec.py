@@ -16,7 +16,6 @@ scatter ignores depth or PSF.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from galray.datasets.survey import spec_for_catalog
@@ -27,6 +26,7 @@ from galray.emulator.features import EmulatorFeatures
 from galray.emulator.loop import CHECKPOINT_FEATURES, train_loop
 from galray.errors import ConfigError
 from galray.tracking import TrainingData, files_digest
+from galray.training.config import with_absolute_paths
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -61,20 +61,6 @@ def _hint(data) -> str:
     if data.simulate_if_missing:
         return " (data.simulate_if_missing is on, but there is no data.simulate section)"
     return " (ingest a catalog there, or write a synthetic one: galray simulate survey)"
-
-
-def absolute_paths(cfg: EmulatorTrainConfig) -> EmulatorTrainConfig:
-    data = replace(
-        cfg.data,
-        survey=_absolute(cfg.data.survey),
-        catalog=_absolute(cfg.data.catalog),
-        maps=_absolute(cfg.data.maps),
-    )
-    return replace(cfg, data=data, storage_path=_absolute(cfg.storage_path))
-
-
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).resolve())
 
 
 def open_catalog(cfg: EmulatorTrainConfig):
@@ -239,7 +225,7 @@ SPEC = ProductSpec(
     metric="val_swd",
     mode="min",
     prepare=prepare,
-    absolute_paths=absolute_paths,
+    absolute_paths=lambda cfg: with_absolute_paths(cfg, "survey", "catalog", "maps"),
     load_data=open_catalog,
     log_data=_log_data,
     describe_data=_describe,

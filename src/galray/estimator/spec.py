@@ -24,7 +24,6 @@ from galray.datasets.stamp_training import (
     data_params,
     require_stamps,
     split_dataset,
-    with_absolute_stamps,
 )
 from galray.datasets.stamps import MANIFEST, read_manifest, read_stamps
 from galray.errors import ConfigError
@@ -34,6 +33,7 @@ from galray.estimator.config import DEFAULT_TARGETS, DEFAULT_TRANSFORMS, Estimat
 from galray.estimator.loop import needed_columns, train_loop
 from galray.models.estimator import Estimator, Targets, brightness_scale
 from galray.tracking import TrainingData
+from galray.training.config import with_absolute_paths
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -194,7 +194,7 @@ SPEC = ProductSpec(
     metric="val_loss",
     mode="min",
     prepare=prepare,
-    absolute_paths=with_absolute_stamps,
+    absolute_paths=lambda cfg: with_absolute_paths(cfg, "stamps"),
     load_data=load_training_stamps,
     log_data=_log_data,
     describe_data=lambda s: (

@@ -20,7 +20,6 @@ from galray.datasets.stamp_training import (
     data_params,
     require_stamps,
     split_dataset,
-    with_absolute_stamps,
 )
 from galray.datasets.stamps import MANIFEST, PROPERTIES, read_manifest, read_stamps, split_of
 from galray.errors import ConfigError
@@ -30,6 +29,7 @@ from galray.stamps.bundle import Conditions, StampModel
 from galray.stamps.config import StampsTrainConfig
 from galray.stamps.loop import NEEDED, train_loop
 from galray.tracking import TrainingData
+from galray.training.config import with_absolute_paths
 from galray.training.job import ProductSpec, run_training
 from galray.training.worker import load_state
 
@@ -124,7 +124,7 @@ SPEC = ProductSpec(
     metric="val_loss",
     mode="min",
     prepare=prepare,
-    absolute_paths=with_absolute_stamps,
+    absolute_paths=lambda cfg: with_absolute_paths(cfg, "stamps"),
     load_data=load_training_stamps,
     log_data=_log_data,
     describe_data=lambda s: (

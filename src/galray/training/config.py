@@ -6,7 +6,8 @@ A product's job config subclasses :class:`TrainJobConfig` and adds its own ``dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from galray.config import check_choices, require
 
@@ -138,3 +139,15 @@ class TrainJobConfig:
             "time_budget_s",
             f"must be positive, got {self.time_budget_s}",
         )
+
+
+def with_absolute_paths(cfg: TrainJobConfig, *data_fields: str) -> TrainJobConfig:
+    """``cfg`` with ``storage_path`` and the ``data`` section's path fields ``data_fields``
+    absolute (a sweep's trials run in other directories, possibly on other nodes); a path that
+    is None stays None."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).resolve())
+
+    data = replace(cfg.data, **{name: absolute(getattr(cfg.data, name)) for name in data_fields})
+    return replace(cfg, data=data, storage_path=absolute(cfg.storage_path))
