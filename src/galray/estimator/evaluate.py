@@ -84,7 +84,12 @@ def bin_table(
         bins = [(-np.inf, np.inf)]
     for lo, hi in bins:
         m = (snr >= lo) & (snr < hi) if edges else np.ones(len(snr), bool)
-        label = "all" if not edges else f">={lo:g}" if np.isinf(hi) else f"{lo:g}-{hi:g}"
+        if not edges:
+            label = "all"
+        elif np.isinf(hi):  # the summary bin of the targets
+            label = f">={lo:g}"
+        else:  # an open last bin (1e9) reads "100+"
+            label = f"{lo:g}+" if hi >= 1e6 else f"{lo:g}-{hi:g}"
         for k, name in enumerate(names):
             row = {"estimator": who, "param": name, "snr_bin": label, "n": int(m.sum())}
             e = err[m, k]
