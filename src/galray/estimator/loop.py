@@ -6,7 +6,8 @@ on its device; the targets' standardisation was fitted once on the driver, so ev
 measures identically.  Batches are drawn with a generator seeded by (seed, epoch, rank), so a
 restarted worker group replays an epoch from the latest checkpoint.  Rank 0 scores the
 validation stamps (their stored noisy images) each reported epoch: ``val_loss`` (beta-NLL),
-``val_mse`` (standardised) and ``val_z_rms_<param>`` (the RMS of error over predicted
+``val_nll`` (the plain Gaussian NLL, a proper score that sweeps over ``optim.beta_nll`` can
+compare), ``val_mse`` (standardised) and ``val_z_rms_<param>`` (the RMS of error over predicted
 uncertainty, 1 for calibrated uncertainties), logs to the MLflow run the driver opened and
 prints a line.
 """
@@ -61,8 +62,10 @@ def validation_metrics(net, val: EstimatorBatchData, targets: Targets, beta: flo
     mu, log_var, log_scale = predict(net, val)
     target = targets.standardise(val.values, log_scale)
     loss = gaussian_nll(mu, log_var, target, beta).mean()
+    nll = gaussian_nll(mu, log_var, target, 0.0).mean()  # a proper score whatever beta is
     z = (mu - target) * torch.exp(-0.5 * log_var)
-    out = {"val_loss": float(loss), "val_mse": float(((mu - target) ** 2).mean())}
+    out = {"val_loss": float(loss), "val_nll": float(nll)}
+    out["val_mse"] = float(((mu - target) ** 2).mean())
     for name, rms in zip(targets.names, z.pow(2).mean(0).sqrt().tolist()):
         out[f"val_z_rms_{name}"] = rms
     return out

@@ -8,7 +8,7 @@ through Ray Data.  The targets' transforms and standardisation are fitted once o
 kept) as an :class:`~galray.estimator.bundle.EstimatorModel`, its uncertainties calibrated on the
 validation split.  Evaluation: bias, RMSE and coverage per S/N bin against the Cramér–Rao bound
 and a maximum-likelihood fit (:func:`galray.estimator.evaluate.evaluate_estimator`).  Sweeps rank
-trials by ``val_loss``.
+trials by ``val_nll`` (comparable across ``optim.beta_nll``, unlike ``val_loss``).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ SPEC = ProductSpec(
     config_cls=EstimatorTrainConfig,
     bundle_dir="estimator",
     kind=registry.KIND,
-    metric="val_loss",
+    metric="val_nll",
     mode="min",
     prepare=prepare,
     absolute_paths=lambda cfg: with_absolute_paths(cfg, "stamps"),
