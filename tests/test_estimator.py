@@ -16,7 +16,7 @@ import torch
 from galray.cli import main
 from galray.config import load_config
 from galray.datasets.stamps import StampSimConfig, read_stamps, simulate_stamps
-from galray.errors import ConfigError, DataError
+from galray.errors import ConfigError, DataError, ModelNotFoundError
 from galray.estimator.bundle import EstimatorModel
 from galray.estimator.config import EstimatorOptimConfig, EstimatorTrainConfig
 from galray.estimator.evaluate import bin_table
@@ -130,6 +130,9 @@ def test_bundle_round_trip_calibration_and_input_checks(tmp_path, sersic):
         loaded.measure(val["stamp"][:, :16, :16], val["psf"], val["noise_sigma"])
     with pytest.raises(DataError, match=r"^noise_sigma: every value must be finite and positive"):
         loaded.measure(val["stamp"], val["psf"], -val["noise_sigma"])
+    (path / "net.pt").write_bytes(b"not a checkpoint" * 50)
+    with pytest.raises(ModelNotFoundError, match=r"damaged estimator bundle"):
+        EstimatorModel.load(path)
 
 
 def test_bin_table_measures_errors_in_units_of_the_bound():

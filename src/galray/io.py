@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,8 +154,18 @@ def reading_bundle(path: str | os.PathLike, label: str) -> Iterator[None]:
         yield
     except ModelNotFoundError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelNotFoundError(f"{path}: damaged {label} bundle ({exc})") from exc
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        struct.error,  # torch.load of a file that is not a checkpoint at all
+    ) as exc:
+        raise ModelNotFoundError(
+            f"{path}: damaged {label} bundle ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def read_bundle_meta(
