@@ -63,6 +63,7 @@ PRODUCT_BASE = frozenset(
         "evaluation",
         "tracking",
         "registry",
+        "model_cache",
         "training",
         "console",
     }
@@ -78,7 +79,9 @@ LAYERS: dict[str, frozenset[str] | AllBut] = {
     "models": frozenset({"errors", "config"}),  # torch networks: no Ray, no files
     "evaluation": frozenset({"errors", "io", "config", "datasets"}),  # fidelity reports, plots
     "tracking": frozenset({"errors", "io", "config", "_version"}),  # MLflow runs, artifacts
-    "registry": frozenset({"errors", "io", "config", "tracking", "_version"}),  # bundles <-> MLflow
+    "model_cache": frozenset({"errors"}),  # models downloaded once, by registry identity
+    # bundles <-> MLflow
+    "registry": frozenset({"errors", "io", "config", "tracking", "_version", "model_cache"}),
     # shared training components and the job skeleton (which publishes through the registry)
     "training": frozenset({"errors", "io", "config", "tracking", "registry", "console"}),
     # Each product package: the shared base only, never another product.

@@ -296,6 +296,13 @@ def test_model_identity_is_stable_across_downloads(setup, tmp_path, monkeypatch)
     (first.path / "features.json").write_text("{}")  # a damaged cache entry is fetched again
     third = resolve_model("models:/faults-emu@champion", log=lambda *_: None)
     assert third.identity == local.identity and len(downloads) == 2
+    # every product's loader (evaluate, galray.emulator.load_emulator) reads the same cache
+    from galray.emulator.registry import resolve_emulator_uri
+
+    assert resolve_emulator_uri("models:/faults-emu@champion") == third.path
+    assert len(downloads) == 2
+    leftovers = [p for p in (tmp_path / "cache").rglob(".download.tmp-*")]
+    assert not leftovers
 
 
 # --------------------------------------------------------------------------- bad deep input

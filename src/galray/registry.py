@@ -28,6 +28,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
+from galray import model_cache
 from galray._version import __version__
 from galray.errors import ConfigError, ModelNotFoundError
 from galray.tracking import ensure_tracking
@@ -270,7 +271,8 @@ def resolve_bundle_uri(kind: BundleKind, uri: str | os.PathLike) -> Path:
     ``uri``: a bundle directory (returned as is), a downloaded MLflow model directory, or an
     MLflow URI -- ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-<id>``,
     ``runs:/RUN_ID/PATH`` or any artifact URI -- downloaded from the tracking store in use
-    (:func:`~galray.tracking.tracking_uri` unless MLflow was pointed elsewhere).  Anything that
+    (:func:`~galray.tracking.tracking_uri` unless MLflow was pointed elsewhere) once, into the
+    model cache (:mod:`galray.model_cache`; later calls reuse the verified copy).  Anything that
     does not resolve raises ModelNotFoundError naming ``uri`` and what is missing.
     """
     text = os.fspath(uri)
@@ -282,12 +284,10 @@ def resolve_bundle_uri(kind: BundleKind, uri: str | os.PathLike) -> Path:
 
     store = ensure_tracking()
     _check_exists(text, MlflowClient(store), store)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=text)
-    except Exception as exc:  # any failure to fetch is "not found" for the caller
-        message = getattr(exc, "message", None) or str(exc)
-        raise ModelNotFoundError(f"{text}: cannot download from {store}: {message}") from exc
-    return _bundle_in(kind, Path(local), text)
+    path, _, _ = model_cache.fetch(
+        text, lambda d: _bundle_in(kind, d, text), kind.meta_file, store, log=lambda *_: None
+    )
+    return path
 
 
 def is_remote(text: str) -> bool:
