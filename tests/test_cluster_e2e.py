@@ -402,6 +402,7 @@ def test_train_register_and_emulate_through_ray_jobs(cluster):
     assert manifest["complete"], manifest
 
 
+@pytest.mark.cluster  # ~2 min; a worker's death on one node is in test_emulator_train
 def test_training_survives_losing_its_worker_node(cluster):
     """SIGKILL the raylet of the worker node the Train worker runs on, mid-training: the job
     still succeeds, the worker group restarts on the other node from a checkpoint (no epoch
