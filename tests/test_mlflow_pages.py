@@ -86,6 +86,32 @@ def test_experiments_open_as_model_training_not_genai(store):
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_trained_summary_links_the_run_page_in_the_model_training_view(
+    flow_run, capsys, monkeypatch
+):
+    """MLflow 3.17's UI opens in its GenAI view whatever the experiment's tags (a browser
+    setting): the link galray prints carries ``workflowType=machine_learning``."""
+    from types import SimpleNamespace
+
+    from galray.commands.common import print_trained
+
+    result = SimpleNamespace(
+        seconds=1.0, metrics={}, run_id=flow_run.info.run_id, model_uri="models:/m-1",
+        bundle_path="b", registered_uri=None, checkpoint_path="c", report=None,
+    )  # fmt: skip
+    print_trained(result, tracking_enabled=True)
+    out = capsys.readouterr().out
+    experiment = flow_run.info.experiment_id
+    page = f"/#/experiments/{experiment}/runs/{flow_run.info.run_id}?workflowType=machine_learning"
+    assert f"run page:       http://127.0.0.1:5000{page}" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000/")
+    monkeypatch.setattr(mlflow, "get_run", lambda run_id: flow_run)
+    print_trained(result, tracking_enabled=True)
+    out = capsys.readouterr().out
+    assert f"run page:       http://mlflow.example:5000{page}" in out and "mlflow ui" not in out
+
+
 def test_run_has_description_tags_and_training_data(flow_run, survey):
     tags = flow_run.data.tags
     assert tags["galray.version"] == galray_version()

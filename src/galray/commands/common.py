@@ -257,4 +257,23 @@ def print_trained(result, tracking_enabled: bool) -> None:
             print(f"  {line}")
         print(f"  report:         {result.report_dir}")
     if tracking_enabled:
-        print(f"  browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")
+        store = tracking_uri()
+        if store.startswith(("http://", "https://")):
+            base = store.rstrip("/")
+        else:
+            print(f"  browse runs:    mlflow ui --backend-store-uri {store}")
+            base = "http://127.0.0.1:5000"
+        print(f"  run page:       {run_page(base, result.run_id)}")
+
+
+def run_page(base: str, run_id: str) -> str:
+    """The MLflow UI's page of run ``run_id`` under ``base``, in its machine-learning view
+    (MLflow 3's UI opens in its GenAI view unless the link says otherwise; the mode is a browser
+    setting, whatever the experiment's tags)."""
+    import mlflow
+
+    try:
+        experiment = mlflow.get_run(run_id).info.experiment_id
+    except Exception:  # the store is unreachable now: a link to the runs list instead
+        return f"{base}/#/?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
