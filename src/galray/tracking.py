@@ -385,3 +385,14 @@ def __getattr__(name: str):
 
         return EmulatorPyfunc
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run_page(base: str, run_id: str) -> str:
+    """The MLflow UI's page of run ``run_id`` under ``base``, in its machine-learning view
+    (MLflow 3's UI opens in its GenAI view unless the link says otherwise; the mode is a browser
+    setting, whatever the experiment's tags)."""
+    try:
+        experiment = mlflow.get_run(run_id).info.experiment_id
+    except Exception:  # the store is unreachable now: a link to the runs list instead
+        return f"{base}/#/?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"

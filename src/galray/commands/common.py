@@ -238,7 +238,7 @@ def fidelity_warnings(report: dict) -> list[str]:
 
 def print_trained(result, tracking_enabled: bool) -> None:
     """Where a finished training run's model, checkpoint and report are."""
-    from galray.tracking import tracking_uri
+    from galray.tracking import run_page, tracking_uri
 
     print()
     epoch = result.metrics.get("epoch")
@@ -264,16 +264,3 @@ def print_trained(result, tracking_enabled: bool) -> None:
             print(f"  browse runs:    mlflow ui --backend-store-uri {store}")
             base = "http://127.0.0.1:5000"
         print(f"  run page:       {run_page(base, result.run_id)}")
-
-
-def run_page(base: str, run_id: str) -> str:
-    """The MLflow UI's page of run ``run_id`` under ``base``, in its machine-learning view
-    (MLflow 3's UI opens in its GenAI view unless the link says otherwise; the mode is a browser
-    setting, whatever the experiment's tags)."""
-    import mlflow
-
-    try:
-        experiment = mlflow.get_run(run_id).info.experiment_id
-    except Exception:  # the store is unreachable now: a link to the runs list instead
-        return f"{base}/#/?workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"

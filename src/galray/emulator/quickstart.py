@@ -156,6 +156,8 @@ def quickstart(
     log(
         f"  report:            {out / 'report'} (report.json, CSV tables, {', '.join(report['plots'])})"
     )
+    from galray.tracking import run_page
+
     log(f"  open the MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
-    log("                      then browse http://127.0.0.1:5000")
+    log(f"                      then browse {run_page('http://127.0.0.1:5000', trained.run_id)}")
     return {"seconds": seconds, "report": report, "train": trained, "emulation": summary}
