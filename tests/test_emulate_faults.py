@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -154,21 +155,29 @@ def test_killed_overwrite_keeps_the_old_output(setup, reference, tmp_path, monke
     assert _rows_hash(out) != reference[1]
 
 
-def test_a_second_overwrite_leaves_a_live_runs_staging_alone(reference, tmp_path):
-    """Two --overwrite runs of one output at once: the second removes only staging directories
-    of dead runs; the first's (locked while it lives) survives until that run ends."""
+def test_a_second_emulate_of_a_live_output_is_refused(reference, tmp_path):
+    """Two emulate runs of one output at once: the second (--overwrite or --resume) is refused
+    while the first holds the output's lock; once the first is dead, an --overwrite removes its
+    staging directory, but never one a live run still holds."""
     out = _copy(reference, tmp_path)
     identity = json.loads((out / MANIFEST).read_text())["identity"]
     lines: list[str] = []
     first = prepare_output(out, identity, overwrite=True, resume=False, log=lines.append)
+    for flags in ({"overwrite": True, "resume": False}, {"overwrite": False, "resume": True}):
+        with pytest.raises(OutputExistsError, match="another galray emulate is writing here"):
+            prepare_output(out, identity, log=lines.append, **flags)
+    assert first.work.is_dir()
+    first.release()  # the first run dies: its staging directory is stale now
     second = prepare_output(out, identity, overwrite=True, resume=False, log=lines.append)
-    assert first.work.is_dir() and second.work.is_dir() and first.work != second.work
-    assert any("left alone" in line and str(first.work) in line for line in lines)
-    first.release()  # the first run dies: its directory is stale now
-    second.discard()
-    prepare_output(out, identity, overwrite=True, resume=False, log=lines.append).discard()
     assert not first.work.exists()
     assert any("removed the unfinished output" in line for line in lines)
+    os.close(second.locks.pop())  # the output's lock gone, its staging directory's still held
+    third = prepare_output(out, identity, overwrite=True, resume=False, log=lines.append)
+    assert second.work.is_dir()
+    assert any("left alone" in line and str(second.work) in line for line in lines)
+    second.discard()
+    third.discard()
+    third.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -6,8 +6,9 @@ included.  ``--overwrite`` never deletes up front: the new run is built in a hid
 directory (``.NAME.tmp-XXXXXXXX``) and swapped in only once complete, so a run killed on the way
 leaves the old output as it was.  A directory is replaced only if it holds nothing but emulation
 files (shards, manifest, emulation temporaries).  A run holds an advisory lock (``flock``) on its
-staging directory while it lives, so a second ``--overwrite`` of the same output removes only the
-staging directories of runs that are dead, never that of one still writing.
+output directory (and on its staging directory) while it lives: a second emulate of the same
+output -- fresh, ``--resume`` or ``--overwrite`` -- is refused in one line while the first runs,
+and an ``--overwrite`` removes only the staging directories of runs that are dead.
 
 **Content-verified resume.**  The manifest records, per finished shard, its rows, bytes, detected
 count and the SHA-256 of its bytes.  On ``--resume`` each shard on disk is checked against its
@@ -60,17 +61,12 @@ class Output:
     source: str | None = None
     records: dict[str, dict] = field(default_factory=dict)
     provenance: dict | None = None
-    _lock: int | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.staged:
-            self._lock = _try_lock(self.work)
+    locks: list[int] = field(default_factory=list, repr=False)  # held directory descriptors
 
     def release(self) -> None:
-        """Drop the staging directory's lock (the run is over, however it ended)."""
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        """Drop the run's directory locks (the run is over, however it ended)."""
+        while self.locks:
+            os.close(self.locks.pop())
 
     def save(self, **summary) -> None:
         """Write the manifest (atomically) into the work directory."""
@@ -131,6 +127,7 @@ def prepare_output(
     if not entries:
         out.mkdir(parents=True, exist_ok=True)
         output = Output(out, out, False, identity, source, provenance=provenance)
+        output.locks.append(_lock_or_refuse(out))
         output.save()
         return output
     manifest = read_manifest(out)
@@ -139,6 +136,17 @@ def prepare_output(
             f"{out}: not empty and not a galray emulation output (no readable {MANIFEST}); "
             "emulate writes only to a new or empty directory or to its own output"
         )
+    held = _lock_or_refuse(out)  # for the whole run: no second emulate writes here meanwhile
+    try:
+        return _claim(out, entries, manifest, held, identity, overwrite, resume, source,
+                      provenance, log)  # fmt: skip
+    except BaseException:
+        os.close(held)
+        raise
+
+
+def _claim(out, entries, manifest, held, identity, overwrite, resume, source, provenance, log):
+    """:func:`prepare_output` for an existing emulation output whose lock is ``held``."""
     shards = [p for p in entries if SHARD_NAME.fullmatch(p.name)]
     if overwrite:
         _refuse_foreign(out)
@@ -146,6 +154,7 @@ def prepare_output(
         work = out.with_name(f".{out.name}.tmp-{os.urandom(4).hex()}")
         work.mkdir()
         output = Output(out, work, True, identity, source, provenance=provenance)
+        output.locks += [_lock_or_refuse(work), held]
         output.save()
         return output
     if not resume:
@@ -167,6 +176,7 @@ def prepare_output(
     records = manifest.get("shard_records")
     records = records if isinstance(records, dict) else {}
     output = Output(out, out, False, identity, source, dict(records), provenance)
+    output.locks.append(held)
     return output
 
 
@@ -193,6 +203,17 @@ def _try_lock(path: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
+    return fd
+
+
+def _lock_or_refuse(path: Path) -> int:
+    """:func:`_try_lock` of ``path``, or OutputExistsError if another run holds it."""
+    fd = _try_lock(path)
+    if fd is None:
+        raise OutputExistsError(
+            f"{path}: another galray emulate is writing here now (it holds the directory's "
+            "lock); wait for it to end or stop it"
+        )
     return fd
 
 
