@@ -105,10 +105,15 @@ def test_smoke_training_registers_a_model_that_learned(
     report_dir = tmp_path / "report"
     args = ["evaluate", "stamps", "--model", "models:/stamps-test@champion", "--data", str(stamps)]
     args += ["--out", str(report_dir), "--rows", "60", "--morphology-rows", "4"]
+    args += ["--estimator", str(_rich_estimator(tmp_path / "estimator"))]
     assert main([*args, "--sweep-points", "3", "--sweep-draws", "2"]) == 0
     report = json.loads((report_dir / "report.json").read_text())
     for key in ("mag_bias_median", "hsm_size_ratio_median", "ks_max", "baseline_c2st_auc"):
         assert key in report
+    # the estimator measured real and generated stamps, property by property
+    judged = pd.read_csv(report_dir / "judge.csv")
+    assert list(judged.property) == list(PROPERTIES) and (judged.n == report["n_rows"]).all()
+    assert isinstance(report["judge_within"], bool) and "judge_bias_difference_hlr" in report
     assert {f"monotonic_rho_{n}" for n in PROPERTIES} <= set(report)
     table = pd.read_csv(report_dir / "monotonicity.csv")
     assert list(table.condition) == list(PROPERTIES)
@@ -118,6 +123,18 @@ def test_smoke_training_registers_a_model_that_learned(
     runs = mlflow.search_runs(experiment_names=["galray-evaluation"])
     assert "metrics.test/monotonic_rho_min" in runs.columns
     assert "report:" in capsys.readouterr().out
+
+
+def _rich_estimator(path: Path) -> Path:
+    """An (untrained) estimator of the generator's conditions on 32 px stamps at 0.15"."""
+    from galray.estimator.bundle import EstimatorModel
+    from galray.models.estimator import Estimator, EstimatorNetConfig, Targets
+
+    torch.manual_seed(0)
+    net = Estimator(EstimatorNetConfig(size=32, n_targets=4, channels=(4, 8), hidden=16))
+    targets = Targets(list(PROPERTIES), ["mag", "log", "linear", "linear"], [22.0, -0.3, 0.5, 0.2],
+                      [1.0, 0.2, 0.3, 0.1])  # fmt: skip
+    return EstimatorModel(net, targets, 0.15, "rich").save(path)
 
 
 def test_missing_stamps_name_the_field_unless_simulation_is_asked(tmp_path):
