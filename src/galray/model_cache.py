@@ -26,10 +26,11 @@ from pathlib import Path
 from galray.errors import ModelNotFoundError
 
 CACHE_MARKER = ".galray-cache.json"
-_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?")
-_VERSION = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)/?")
-_LOGGED = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)/?")
-_RUN = re.compile(r"runs:/(?P<run_id>[^/]+)(?:/(?P<path>.*))?")
+# the registry URI forms (galray.registry resolves and describes them too)
+MODEL_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?")
+MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)/?")
+LOGGED_MODEL = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)/?")
+RUN = re.compile(r"runs:/(?P<run_id>[^/]+)(?:/(?P<path>.*))?")
 
 
 def cache_root() -> Path:
@@ -66,16 +67,16 @@ def _safe(text: str) -> str:
 def canonical(uri: str, client) -> tuple[str, str | None]:
     """(the URI to download, its cache key) -- an alias resolved to its version; no key for a
     URI that may change what it names.  Raises MlflowException for what does not exist."""
-    if m := _ALIAS.fullmatch(uri):
+    if m := MODEL_ALIAS.fullmatch(uri):
         version = client.get_model_version_by_alias(m["name"], m["alias"]).version
         return f"models:/{m['name']}/{version}", f"{_safe(m['name'])}/v{version}"
-    if m := _VERSION.fullmatch(uri):
+    if m := MODEL_VERSION.fullmatch(uri):
         client.get_model_version(m["name"], m["version"])
         return uri.rstrip("/"), f"{_safe(m['name'])}/v{int(m['version'])}"
-    if m := _LOGGED.fullmatch(uri):
+    if m := LOGGED_MODEL.fullmatch(uri):
         client.get_logged_model(m["model_id"])
         return uri.rstrip("/"), f"logged/{m['model_id']}"
-    if m := _RUN.fullmatch(uri):
+    if m := RUN.fullmatch(uri):
         client.get_run(m["run_id"])
         path = hashlib.sha256((m["path"] or "").encode()).hexdigest()[:12]
         return uri, f"runs/{_safe(m['run_id'])}/{path}"

@@ -259,10 +259,6 @@ def model_code(kind: BundleKind) -> str:
 
 
 # ---------------------------------------------------------------------- resolving a URI
-_MODEL_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?")
-_MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)/?")
-_LOGGED_MODEL = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)/?")
-_RUN = re.compile(r"runs:/(?P<run_id>[^/]+)(?:/(?P<path>.*))?")
 
 
 def resolve_bundle_uri(kind: BundleKind, uri: str | os.PathLike) -> Path:
@@ -309,31 +305,31 @@ def model_provenance(uri: str | os.PathLike, client: MlflowClient | None = None)
     store = ensure_tracking()
     client = client or MlflowClient(store)
     _check_exists(text, client, store)
-    if m := _MODEL_ALIAS.fullmatch(text):
+    if m := model_cache.MODEL_ALIAS.fullmatch(text):
         version = client.get_model_version_by_alias(m["name"], m["alias"])
         out["alias"] = m["alias"]
-    elif m := _MODEL_VERSION.fullmatch(text):
+    elif m := model_cache.MODEL_VERSION.fullmatch(text):
         version = client.get_model_version(m["name"], m["version"])
     else:
         version = None
     if version is not None:
         out |= {"registered_name": version.name, "version": int(version.version)}
         out |= {"run_id": version.run_id, "model_id": getattr(version, "model_id", None)}
-    elif m := _LOGGED_MODEL.fullmatch(text):
+    elif m := model_cache.LOGGED_MODEL.fullmatch(text):
         out |= {"model_id": m["model_id"]}
         out["run_id"] = client.get_logged_model(m["model_id"]).source_run_id
-    elif m := _RUN.fullmatch(text):
+    elif m := model_cache.RUN.fullmatch(text):
         out["run_id"] = m["run_id"]
     return out
 
 
 def _check_exists(uri: str, client: MlflowClient, store: str) -> None:
     """Name what is missing (model, alias, version, run) before MLflow's generic error does."""
-    if m := _LOGGED_MODEL.fullmatch(uri):
+    if m := model_cache.LOGGED_MODEL.fullmatch(uri):
         _lookup(
             uri, store, f"no logged model {m['model_id']!r}", client.get_logged_model, m["model_id"]
         )
-    elif m := _MODEL_ALIAS.fullmatch(uri):
+    elif m := model_cache.MODEL_ALIAS.fullmatch(uri):
         name, alias = m["name"], m["alias"]
         model = _lookup(
             uri, store, f"no registered model {name!r}", client.get_registered_model, name
@@ -343,7 +339,7 @@ def _check_exists(uri: str, client: MlflowClient, store: str) -> None:
             raise ModelNotFoundError(
                 f"{uri}: registered model {name!r} has no alias {alias!r} (aliases: {known})"
             )
-    elif m := _MODEL_VERSION.fullmatch(uri):
+    elif m := model_cache.MODEL_VERSION.fullmatch(uri):
         name, version = m["name"], m["version"]
         _lookup(uri, store, f"no registered model {name!r}", client.get_registered_model, name)
         _lookup(
@@ -353,7 +349,7 @@ def _check_exists(uri: str, client: MlflowClient, store: str) -> None:
             lambda v: client.get_model_version(name, v),
             version,
         )
-    elif m := _RUN.fullmatch(uri):
+    elif m := model_cache.RUN.fullmatch(uri):
         _lookup(uri, store, f"no run {m['run_id']!r}", client.get_run, m["run_id"])
 
 
