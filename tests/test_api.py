@@ -222,28 +222,94 @@ def test_import_galray_stays_light_and_finds_train_emulator():
         "import sys, galray\n"
         "heavy = [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "assert callable(galray.train_emulator)\n"
-        "print(galray.train_emulator.__module__)\n"
+        "assert callable(galray.train_emulator) and callable(galray.train)\n"
+        "heavy = [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"  # finding the entry points imports no trainer either
+        "print(galray.train_emulator.__module__, galray.train.__module__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "galray.emulator.train"
+    assert out.stdout.split() == ["galray.emulator.train", "galray.products"]
 
 
-def test_galray_train_emulator_is_what_the_cli_runs(tmp_path, monkeypatch):
-    from galray import cli
-    from galray.emulator import train
+# ------------------------------------------------------------------------------ galray.train
+
+
+@pytest.mark.parametrize(
+    ("kind", "product"),
+    [
+        ("emulator", "emulator"),
+        ("deepfield", "deepfield"),
+        ("sgan", "deepfield"),
+        ("stamps", "stamps"),
+        ("estimator", "estimator"),
+    ],
+)
+def test_galray_train_is_what_the_cli_runs_for_every_product(tmp_path, monkeypatch, kind, product):
+    from galray import cli, products
 
     class Called(Exception):
         pass
 
-    def fake(config, **kw):
-        raise Called(config, kw)
+    def fake(kind, config, **kw):
+        raise Called(kind, config, kw)
 
-    monkeypatch.setattr(train, "train_emulator", fake)
+    monkeypatch.setattr(products, "train", fake)
     path = tmp_path / "c.yaml"
-    path.write_text("model: flow\ndata:\n  survey: data/s\n")
+    path.write_text("seed: 5\n")
     with pytest.raises(Called) as called:
-        cli.main(["train", "emulator", "--config", str(path), "--set", "epochs=2"])
-    config, kw = called.value.args
-    assert (config.model, config.epochs, config.data.survey) == ("flow", 2, "data/s")
-    assert kw == {"resume": None}
+        cli.main(["train", kind, "--config", str(path), "--set", "epochs=2"])
+    got, config, kw = called.value.args
+    assert got == product and kw == {"resume": None}  # sgan: the name it stands for
+    assert isinstance(config, products.get_product(product).config_cls)
+    assert (config.seed, config.epochs) == (5, 2)
+
+
+def test_galray_train_takes_a_path_a_dict_or_a_config_and_field_overrides(tmp_path, monkeypatch):
+    from galray.deepfield.spec import SPEC as DEEPFIELD
+    from galray.emulator.config import EmulatorTrainConfig
+    from galray.emulator.spec import SPEC as EMULATOR
+    from galray.stamps.spec import SPEC as STAMPS
+    from galray.training import job
+
+    calls = []
+
+    def fake(spec, cfg, **kw):
+        calls.append((spec, cfg, kw))
+        return f"result {len(calls)}"
+
+    monkeypatch.setattr(job, "run_training", fake)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: flow\nepochs: 4\noptim:\n  batch_size: 512\n  lr_generator: 0.002\n")
+    result = galray.train("emulator", path, epochs=3, optim={"batch_size": 128}, resume="run-1")
+    assert result == "result 1"  # what the job returns, as the CLI gets it
+    spec, cfg, kw = calls[-1]
+    assert spec is EMULATOR and kw["resume"] == "run-1"
+    assert (cfg.model, cfg.epochs, cfg.optim.batch_size) == ("flow", 3, 128)
+    assert cfg.optim.lr_generator == 0.002  # a section given in part keeps its other fields
+
+    galray.train("sgan", {"epochs": 2, "net": {"pack": 4}})
+    spec, cfg, kw = calls[-1]
+    assert spec is DEEPFIELD and kw["resume"] is None
+    assert (cfg.epochs, cfg.net.pack) == (2, 4)
+
+    base = EmulatorTrainConfig(model="flow", epochs=4)
+    galray.train("emulator", base, seed=9)
+    assert calls[-1][1].seed == 9 and base.seed != 9  # the caller's object is not changed
+    galray.train("emulator", base)
+    assert calls[-1][1] is base
+
+    galray.train("stamps")  # the product's defaults
+    assert calls[-1][0] is STAMPS
+
+    n = len(calls)
+    with pytest.raises(ConfigError, match="epochz: unknown field"):
+        galray.train("estimator", {}, epochz=3)
+    with pytest.raises(ConfigError, match=r"optim\.batch_sise: unknown field"):
+        galray.train("emulator", None, optim={"batch_sise": 3})
+    with pytest.raises(
+        ConfigError, match="config: expected a YAML path, a dict or a StampsTrainConfig"
+    ):
+        galray.train("stamps", base)  # another product's config
+    with pytest.raises(ConfigError, match="product: 'vae' is not a galray product"):
+        galray.train("vae", {})
+    assert len(calls) == n  # a bad config starts nothing

@@ -86,8 +86,9 @@ LAYERS: dict[str, frozenset[str] | AllBut] = {
     "training": frozenset({"errors", "io", "config", "tracking", "registry", "console"}),
     # Each product package: the shared base only, never another product.
     **dict.fromkeys(PRODUCTS, PRODUCT_BASE),
-    # The product catalogue: knows each product by its spec module only.
-    "products": frozenset({"errors", "config", *(f"{p}.spec" for p in PRODUCTS)}),
+    # The product catalogue: knows each product by its spec module only, and trains one
+    # (galray.train runs its spec through the job skeleton).
+    "products": frozenset({"errors", "config", "training.job", *(f"{p}.spec" for p in PRODUCTS)}),
     # sweeps
     "tune": frozenset({"errors", "io", "config", "tracking", "training", "products", "console"}),
     "commands": AllBut("cli"),  # subcommand bodies wire everything together; only cli is above

@@ -21,6 +21,7 @@ __all__ = [
     "OutputExistsError",
     "__version__",
     "load_emulator",
+    "train",
     "train_emulator",
 ]
 
@@ -34,9 +35,14 @@ def load_emulator(uri: str):
 
 
 def __getattr__(name: str):
-    # galray.train_emulator (galray.emulator.train.train_emulator: a YAML path, a dict or an
-    # EmulatorTrainConfig; what `galray train emulator` runs) is resolved on first access, so
-    # that `import galray` -- and loading a saved model -- never imports the trainers or Ray.
+    # galray.train (galray.products.train: any product from a YAML path, a dict or its config;
+    # what `galray train KIND` runs) and galray.train_emulator (galray.emulator.train) are
+    # resolved on first access, so that `import galray` -- and loading a saved model -- never
+    # imports the trainers or Ray.
+    if name == "train":
+        from galray.products import train
+
+        return train
     if name == "train_emulator":
         from galray.emulator.train import train_emulator
 

@@ -8,10 +8,12 @@ Ray/Tune boundary configs travel as plain dicts (:func:`to_dict`) and are rebuil
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -200,3 +202,44 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
     data = load_yaml(path) if path is not None else {}
     apply_overrides(data, list(overrides))
     return from_dict(cls, data)
+
+
+def resolve_config(
+    cls: type[T],
+    config: str | os.PathLike | Mapping[str, Any] | Any | None,
+    overrides: Sequence[str] = (),
+    fields: Mapping[str, Any] | None = None,
+) -> T:
+    """``cls`` from a YAML path, a dict of its fields (sections as dicts) or a ``cls`` object
+    (never changed), with ``fields`` merged in (a section given as a dict keeps its other
+    fields) and then ``key.sub=value`` ``overrides`` (``--set``) applied; errors name the field."""
+    if isinstance(config, cls) and not overrides and not fields:
+        return config
+    if isinstance(config, str | os.PathLike):
+        data = load_yaml(config)
+    elif isinstance(config, cls):
+        data = to_dict(config)
+    elif isinstance(config, Mapping):
+        data = copy.deepcopy(dict(config))
+    elif config is None:
+        data = {}
+    else:
+        raise ConfigError(
+            f"config: expected a YAML path, a dict or a {cls.__name__}, got {type(config).__name__}"
+        )
+    _merge(data, fields or {})
+    apply_overrides(data, list(overrides))
+    return from_dict(cls, data)
+
+
+def _merge(data: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """``fields`` into ``data``, in place: mappings into sections, anything else replaced."""
+    for key, value in fields.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = to_dict(value)
+        if isinstance(value, Mapping):
+            if not isinstance(data.get(key), dict):
+                data[key] = {}
+            _merge(data[key], value)
+        else:
+            data[key] = copy.deepcopy(value)

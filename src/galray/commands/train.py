@@ -40,17 +40,13 @@ def _train(args: argparse.Namespace) -> int:
     from galray.commands.config import dry_run_training
     from galray.config import load_config
     from galray.products import get_product
-    from galray.training.job import run_training
 
     spec = get_product(args.product)
     cfg = load_config(spec.config_cls, args.config, args.overrides)
     if args.dry_run:
         return dry_run_training(spec, cfg, args.resume)
-    if spec.name == "emulator":  # the Python entry point, galray.train_emulator(cfg)
-        import galray
+    import galray
 
-        result = galray.train_emulator(cfg, resume=args.resume)
-    else:
-        result = run_training(spec, cfg, resume=args.resume)
+    result = galray.train(args.product, cfg, resume=args.resume)  # the Python entry point
     print_trained(result, cfg.tracking.enabled)
     return 0

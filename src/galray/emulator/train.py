@@ -10,12 +10,9 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-from galray.errors import ConfigError
 
 if TYPE_CHECKING:
     from galray.emulator.config import EmulatorTrainConfig
@@ -28,27 +25,12 @@ def emulator_config(
 ) -> EmulatorTrainConfig:
     """An :class:`~galray.emulator.config.EmulatorTrainConfig` from a YAML file, a dict of the
     same fields (nested sections as dicts) or a config object, with ``key=value`` overrides
-    (``--set``) applied; ConfigError naming the field otherwise."""
-    from galray.config import apply_overrides, from_dict, load_config, to_dict
+    (``--set``) applied; ConfigError naming the field otherwise
+    (:func:`galray.config.resolve_config`)."""
+    from galray.config import resolve_config
     from galray.emulator.config import EmulatorTrainConfig
 
-    if isinstance(config, str | os.PathLike):
-        return load_config(EmulatorTrainConfig, config, list(overrides))
-    if isinstance(config, EmulatorTrainConfig):
-        if not overrides:
-            return config
-        data = to_dict(config)
-    elif isinstance(config, Mapping):
-        data = copy.deepcopy(dict(config))
-    elif config is None:
-        data = {}
-    else:
-        raise ConfigError(
-            "config: expected a YAML path, a dict or an EmulatorTrainConfig, "
-            f"got {type(config).__name__}"
-        )
-    apply_overrides(data, list(overrides))
-    return from_dict(EmulatorTrainConfig, data)
+    return resolve_config(EmulatorTrainConfig, config, overrides)
 
 
 def train_emulator(
@@ -60,7 +42,8 @@ def train_emulator(
 ) -> TrainResult:
     """Train the transfer-function emulator as ``config`` says (:func:`emulator_config`): Ray
     Train, the bundle under ``storage_path``, MLflow logging and registration, the test-split
-    report -- exactly what ``galray train emulator --config FILE --set ...`` does.
+    report -- what ``galray train emulator --config FILE --set ...`` does
+    (:func:`galray.train` ``("emulator", ...)``, the entry point of every product).
 
     resume: an interrupted run's MLflow run id or name, continued from its latest checkpoint.
     Returns the :class:`~galray.training.job.TrainResult` (``run_id``, ``model_uri``,
