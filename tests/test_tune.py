@@ -29,7 +29,7 @@ from galray.errors import ConfigError
 from galray.products import get_product
 from galray.tune.results import format_table
 from galray.tune.search_space import load_sweep
-from galray.tune.sweep import ASHA_STATE_FILE, TRIALS_DIR, resume_sweep
+from galray.tune.sweep import ASHA_STATE_FILE, TRIALS_DIR, resume_sweep, trial_params
 
 EPOCHS = 4
 SEARCH = {
@@ -124,6 +124,34 @@ def test_search_space_forms(tmp_path, survey):
     }
     cfg = sweep.trial_config({"net.width": 32, "net.depth": 4})
     assert (cfg.net.width, cfg.net.depth, cfg.epochs) == (32, 4, EPOCHS)
+
+
+def test_a_trial_run_records_the_sampled_fields_and_the_model(tmp_path, survey):
+    """A trial's MLflow params are the fields its search space varies (as the config resolved
+    them) and the model kind: what MLflow's compare view sets side by side, not every field."""
+    path = _write_sweep(tmp_path / "sweep.yaml", survey, "params")
+    sweep = _load(
+        path,
+        [
+            "train.model=flow",
+            "search={flow.width: {choice: [32, 64]}, "
+            "optim.betas: {choice: [[0.5, 0.9], [0.9, 0.99]]}, "
+            "optim.lr_generator: {loguniform: [1.0e-4, 1.0e-3]}}",
+        ],
+    )
+    sampled = {"flow.width": 32, "optim.betas": [0.9, 0.99], "optim.lr_generator": 3.0e-4}
+    cfg = sweep.trial_config(sampled)
+    assert trial_params(get_product("emulator"), cfg, sampled) == {
+        "model": "flow",
+        "flow.width": "32",
+        "optim.betas": "[0.9, 0.99]",
+        "optim.lr_generator": "0.0003",
+    }
+    sgan = get_product("sgan")
+    assert trial_params(sgan, sgan.config_cls(), {"net.pack": 4}) == {
+        "model": "sgan",
+        "net.pack": str(sgan.config_cls().net.pack),  # the value the config holds
+    }
 
 
 def test_cli_config_error_exits_2_naming_the_field(tmp_path, survey, capsys):
@@ -298,6 +326,9 @@ def test_sweep_is_tracked_in_mlflow_with_a_registered_best_model(swept):
         trial = by_trial[child.data.tags["galray.trial_id"]]
         assert child.info.status == "FINISHED"
         assert child.data.tags["galray.tune_status"] == trial.status
+        # the compare view's columns: what the search varied, and the model; no other field
+        assert set(child.data.params) == {*SEARCH, "model"}
+        assert child.data.params["model"] == "gan"
         assert child.data.params["net.width"] == str(trial.params["net.width"])
         assert float(child.data.params["optim.lr_generator"]) == pytest.approx(
             trial.params["optim.lr_generator"]

@@ -18,8 +18,10 @@ finished; unfinished ones restart, and because their Ray Train run has the same 
 Train resumes it from its latest checkpoint instead of epoch 1.
 
 MLflow.  One parent run per sweep (base config, search space, best trial and model), one child run
-per trial (tag ``mlflow.parentRunId``) holding the trial's full config as params and its
-per-epoch metrics, logged by the trainer's rank 0.  The best trial's model is exported from its
+per trial (tag ``mlflow.parentRunId``) holding as params what the search space sampled for the
+trial and the model it trains (:func:`trial_params`: the columns MLflow's compare view sets side
+by side; the parent holds the rest as ``base.*``) and its per-epoch metrics, logged by the
+trainer's rank 0.  The best trial's model is exported from its
 best checkpoint, logged to the parent run and registered under ``tracking.registered_name`` with
 ``tracking.alias``.
 """
@@ -76,7 +78,7 @@ def _run_trial(
     ray.data.DataContext.get_current().enable_progress_bars = False
     mlflow_info, client = {}, None
     if mlflow:
-        client, run_id = _child_run(mlflow, trial_id, cfg)
+        client, run_id = _child_run(mlflow, trial_id, trial_params(spec, cfg, params))
         mlflow_info = {"tracking_uri": mlflow["tracking_uri"], "run_id": run_id}
     torch_trainer = spec.build_trainer(
         cfg,
@@ -94,9 +96,24 @@ def _run_trial(
         client.set_terminated(mlflow_info["run_id"], "FINISHED")
 
 
-def _child_run(mlflow: dict, trial_id: str, cfg) -> tuple[Any, str]:
-    """The trial's MLflow run under the sweep's parent run, created once (a resumed trial finds
-    and reopens its run)."""
+def trial_params(spec, cfg, params: dict) -> dict[str, str]:
+    """A trial's MLflow params: the fields the search space varies (dotted, as the parent's
+    ``search.*`` names them), with the values ``cfg`` resolved them to, and ``model``, the model
+    kind the trial trains (``spec.model_of``)."""
+    from galray.tracking import flatten_params
+
+    flat = flatten_params(to_dict(cfg))
+    sampled = {
+        key: value
+        for key, value in flat.items()
+        if any(key == path or key.startswith(path + ".") for path in params)
+    }
+    return {"model": spec.model_of(cfg), **sampled}
+
+
+def _child_run(mlflow: dict, trial_id: str, params: dict[str, str]) -> tuple[Any, str]:
+    """The trial's MLflow run under the sweep's parent run, created once with ``params``
+    (:func:`trial_params`); a resumed trial finds and reopens its run."""
     from mlflow.tracking import MlflowClient
 
     from galray.tracking import configure_tracking, log_params_flat
@@ -116,7 +133,7 @@ def _child_run(mlflow: dict, trial_id: str, cfg) -> tuple[Any, str]:
             TAG_SWEEP: mlflow["sweep"],
         },
     )
-    log_params_flat(to_dict(cfg), run_id=run.info.run_id)
+    log_params_flat(params, run_id=run.info.run_id)
     return client, run.info.run_id
 
 
