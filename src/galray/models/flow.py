@@ -143,41 +143,85 @@ class ConditionalFlow(nn.Module):
 
 # ---------------------------------------------------------------------------- fast sampling
 # Sampling inverts every autoregressive transform in ``passes`` sequential passes.  zuko's
-# general inverse re-evaluates, in every pass, the network's outputs and the spline of *every*
-# feature, and builds its splines through strided slices and a max-subtracted softmax.  The
-# inverse below computes the same map: in pass ``p`` only the features of order group ``p``
-# (the ones whose inputs are all known by then), from contiguous weight blocks, with the
-# softmax folded into the knot cumsum.  On a CPU it samples 3-4x faster (benchmarks/
-# bench_flow_sample.py); tests/test_flow.py checks it against zuko's inverse and forward.
+# general inverse re-evaluates, in every pass, the whole masked network and the spline of
+# *every* feature.  The inverse below computes the same map with each hidden unit evaluated
+# once.  A hidden unit of zuko's masked MLP sees the features of order below some ``c`` (its
+# *class*; 0: the conditions only) -- so its value is final once pass ``c - 1`` has filled those
+# features in.  Pass ``p`` therefore computes only the hidden units of class ``p`` (from the
+# units of class <= ``p`` below them) and then the spline parameters and inverse of the
+# features of order ``p`` (from the units of class <= ``p``): a whole inverse costs one network
+# evaluation, as the forward direction does, instead of ``passes``.  Units are sorted by class
+# so that those of class <= ``p`` are a prefix of each layer.  The spline's softmax is folded
+# into its knot cumsum.  tests/test_flow.py checks it against zuko's inverse and forward;
+# benchmarks/bench_flow_sample.py times it against zuko's.
+
+
+def _unit_classes(t) -> tuple[list[torch.Tensor], list]:
+    """Per hidden layer of ``t``'s masked MLP, each unit's class; and the layers' modules
+    (linear, activation) pairs, the output layer last with activation None."""
+    layers = list(t.hyper)
+    linear = [m for m in layers if isinstance(m, nn.Linear)]
+    acts = [layers[2 * i + 1] for i in range(len(linear) - 1)] + [None]
+    n_feat = t.order.numel()
+    first = linear[0].mask[:, :n_feat].bool()  # [H1, F]: which features each unit sees
+    seen = torch.where(first, t.order.unsqueeze(0) + 1, 0)
+    classes = [seen.amax(dim=1)]
+    for m in linear[1:-1]:  # a unit's class: the highest class among the units it sees
+        classes.append(torch.where(m.mask.bool(), classes[-1].unsqueeze(0), 0).amax(dim=1))
+    # the autoregressive property the passes rely on: an output of order g sees classes <= g
+    out_order = t.order.repeat_interleave(t.total)
+    reach = torch.where(linear[-1].mask.bool(), classes[-1].unsqueeze(0), 0).amax(dim=1)
+    if (reach > out_order).any():
+        raise RuntimeError(f"unexpected zuko {zuko.__version__} masks: {t!r}")
+    return classes, list(zip(linear, acts))
 
 
 def _invert_masked_spline(t, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """The inverse of zuko's ``MaskedAutoregressiveTransform`` ``t`` (rational-quadratic splines)
     at ``y`` [B, Y] given ``cond`` [B, C]."""
-    layers = list(t.hyper)
-    linear = [m for m in layers if isinstance(m, nn.Linear)]
-    hidden = [(m.mask * m.weight, m.bias, layers[2 * i + 1]) for i, m in enumerate(linear[:-1])]
-    n_feat, k = y.shape[1], t.shapes[0][0]
-    last = linear[-1]
-    w_last = (last.mask * last.weight).view(n_feat, t.total, -1)  # per feature: widths,
-    b_last = last.bias.view(n_feat, t.total)  # heights, derivatives (k, k, k - 1 values)
-    x = torch.zeros_like(y)
+    classes, layers = _unit_classes(t)
+    n_feat, k, n_rows = y.shape[1], t.shapes[0][0], y.shape[0]
+    # weights with each hidden layer's units sorted by class (inputs and outputs keep their order)
+    perms = [torch.argsort(c, stable=True) for c in classes]
+    ends = [torch.searchsorted(c[p], torch.arange(t.passes), right=True).tolist()
+            for c, p in zip(classes, perms)]  # units of class <= p: the first ends[l][p]
+    weights = []
+    for i, (m, _act) in enumerate(layers):
+        w, b = m.mask * m.weight, m.bias
+        if i > 0:
+            w = w[:, perms[i - 1]]
+        if i < len(perms):
+            w, b = w[perms[i]], b[perms[i]]
+        weights.append((w, b))
+    w_last, b_last = weights[-1]
+    w_last = w_last.view(n_feat, t.total, -1)  # per feature: widths, heights, derivatives
+    b_last = b_last.view(n_feat, t.total)  # (k, k, k - 1 values)
+    hidden = [y.new_empty(n_rows, len(c)) for c in classes]
+    inputs = torch.cat([torch.zeros_like(y), cond], dim=-1)  # features filled in pass by pass
+    x = inputs[:, :n_feat]
     for p in range(t.passes):
         sel = (t.order == p).nonzero().squeeze(1)
+        h = inputs
+        for i, (act, out) in enumerate(zip((a for _, a in layers[:-1]), hidden)):
+            lo, hi = (ends[i][p - 1] if p else 0), ends[i][p]
+            w, b = weights[i]
+            width = h.shape[1] if i == 0 else ends[i - 1][p]
+            if hi > lo:
+                out[:, lo:hi] = act(torch.addmm(b[lo:hi], h[:, :width], w[lo:hi, :width].T))
+            h = out
         if sel.numel() == 0:
             continue
-        h = torch.cat([x, cond], dim=-1)
-        for weight, bias, act in hidden:
-            h = act(torch.addmm(bias, h, weight.T))
-        w_sel, b_sel = w_last[sel], b_last[sel]
+        width = ends[-1][p]
+        h = h[:, :width]
+        w_sel, b_sel = w_last[sel][:, :, :width], b_last[sel]
         params = [
-            torch.addmm(b_sel[:, a:b].reshape(-1), h, w_sel[:, a:b].reshape(-1, h.shape[1]).T).view(
-                h.shape[0], len(sel), b - a
-            )
+            torch.addmm(
+                b_sel[:, a:b].reshape(-1), h, w_sel[:, a:b].reshape(-1, width).T
+            ).view(n_rows, len(sel), b - a)
             for a, b in ((0, k), (k, 2 * k), (2 * k, t.total))
         ]
-        x = x.index_copy(1, sel, _rqs_inverse(y[:, sel], *params))
-    return x
+        x[:, sel] = _rqs_inverse(y[:, sel], *params)
+    return x.clone()
 
 
 def _rqs_inverse(
