@@ -90,12 +90,20 @@ def test_first_line_before_heavy_imports_and_no_ray_without_need(tmp_path):
         line.startswith(("IMPORT ray", "IMPORT mlflow", "IMPORT torch")) for line in lines
     )
     assert not any(ANSI.search(line) for line in lines)
+    # piped progress: plain lines, no carriage return (one shard: the line at the end)
+    assert [ln.split(", ")[0] for ln in lines if ln.startswith("injections: 400/")] == [
+        "injections: 400/400 row (100%)"
+    ]
 
     maps = sorted((tmp_path / "sim" / "maps" / "fits").glob("*.fits"))
     specs = [f"{m.stem}={m}" for m in maps]
     lines = _run_cli(["ingest", "maps", *specs, "--out", "cond"], tmp_path)
     assert lines[0] == "galray ingest maps: starting"
     assert lines[-2:] == ["RC 0", "RAY False"]
+    n = len(specs)
+    progress = [ln.split(", ")[0] for ln in lines if ln.startswith("maps read:")]
+    assert progress[-1] == f"maps read: {n}/{n} map (100%)" and len(progress) <= 5
+    assert not any(ANSI.search(line) or "\r" in line for line in lines)
 
     lines = _run_cli(
         [

@@ -108,9 +108,14 @@ def test_counts_sizes_and_colours_are_deep_field_like():
     assert np.median(cat["mag_r"] - cat["mag_i"]) > 0.2
 
 
-def test_simulate_deepfield_cli_is_deterministic(tmp_path):
+def test_simulate_deepfield_cli_is_deterministic(tmp_path, capsys):
     args = ["simulate", "deepfield", "--size", "64x80", "--seed", "3", "--density", "2000"]
     assert main([*args, "--out", str(tmp_path / "a.fits")]) == 0
+    # piped: the galaxies rendered, a plain line every quarter and at the end
+    progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("galaxies:")]
+    n = pq.read_metadata(tmp_path / "a.catalog.parquet").num_rows
+    assert progress[-1].startswith(f"galaxies: {n}/{n} galaxy (100%)")
+    assert 2 <= len(progress) <= 5 and "ETA" in progress[0]
     assert main([*args, "--out", str(tmp_path / "b.fits")]) == 0
     a, b = read_field(tmp_path / "a.fits"), read_field(tmp_path / "b.fits")
     assert a.shape == (64, 80)

@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import MaskedColumn, Table
 
+from galray import console
 from galray.cli import main
 from galray.datasets import schema
 from galray.datasets.conditions import read_condition_map
 from galray.datasets.ingest import load_column_map
 from galray.datasets.ingest_catalog import ingest_catalogs
 from galray.datasets.ingest_maps import ingest_maps, parse_map_spec
+from galray.datasets.ingest_sources import count_rows
 from galray.errors import ConfigError, DataError, OutputExistsError
 from ingest_checks import fails as _fails
 
@@ -205,10 +207,35 @@ def test_cli_catalog_prints_counts(tmp_path, capsys):
         "200 rows read, 197 kept, 3 dropped (id missing: 1, ra missing: 1, dec missing: 1)" in text
     )
     assert "true_mag_i 3" in text and "nside 32, NESTED" in text
+    assert "rows read: 200/200 row (100%)" in text  # piped: the progress's last line
     assert schema.read_healpix_metadata(_read_shards(out).schema, "cat") == (32, "NESTED")
     assert main([*argv, "--columns", str(cmap)]) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "--columns", str(cmap), "--overwrite"]) == 0
+
+
+def test_progress_counts_the_rows_of_every_source(tmp_path, capsys):
+    """The total is every file's row count, read from headers (a gzipped FITS file's too), and
+    the count advances by chunk: a line every quarter, the last at 100%."""
+    import gzip
+    import shutil
+
+    _fits_catalog(tmp_path / "a.fits", n=200)
+    _fits_catalog(tmp_path / "b.fits", n=100, seed=2)
+    with open(tmp_path / "b.fits", "rb") as src, gzip.open(tmp_path / "b.fits.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    sources = [tmp_path / "a.fits", tmp_path / "b.fits.gz"]
+    assert [count_rows(p, ["ID", "RA"]) for p in sources] == [200, 100]
+    assert count_rows(_write(tmp_path / "bad.fits", "not FITS"), ["ID"]) == 0
+    cmap = _write(tmp_path / "map.yaml", COLUMN_MAP)
+    run = {"nside": 32, "chunk_rows": 50, "log": print, "progress": console.data_progress}
+    ingest_catalogs(sources, tmp_path / "out", cmap, **run)
+    lines = capsys.readouterr().out.splitlines()
+    progress = [ln.split(" row ")[0] for ln in lines if ln.startswith("rows read:")]
+    assert progress == ["rows read: 100/300", "rows read: 200/300", "rows read: 300/300"]
+    assert "  total: 300 rows read, 294 kept in 1 shard(s), 6 dropped" in lines[-2]
+    ingest_catalogs(sources, tmp_path / "quiet", cmap, nside=32, log=lambda *_: None)
+    assert capsys.readouterr().out == ""  # from Python: no progress unless asked
 
 
 def test_example_column_map_is_valid():
@@ -310,6 +337,9 @@ def test_cli_maps_prints_kept_and_dropped(tmp_path, capsys):
     text = capsys.readouterr().out
     cond = read_condition_map(tmp_path / "cond" / "conditions.parquet", bands=BANDS)
     assert f"kept {cond.n_pixels:,} pixels where every map is defined" in text
+    n = len(specs)
+    progress = [ln for ln in text.splitlines() if ln.startswith("maps read:")]
+    assert progress[-1].startswith(f"maps read: {n}/{n} map (100%)") and len(progress) <= 5
     assert re.search(r"depth_r <- .*depth_r\.fits \(partial, RING\): [\d,]+ pixels defined", text)
 
 

@@ -13,6 +13,7 @@ from galray.datasets.stamps import (
     StampSimConfig,
     convolve_same,
     draw_population,
+    read_manifest,
     read_stamps,
     simulate_stamps,
     split_of,
@@ -93,3 +94,16 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("galray: error: n:") and err[1].startswith("galray: error: size:")
     assert not out.exists()
+
+
+def test_cli_counts_the_stamps_rendered(tmp_path, capsys):
+    out = tmp_path / "st"
+    argv = ["simulate", "stamps", "--out", str(out), "--n", "8", "--size", "16"]
+    assert main([*argv, "--shard-rows", "3", "--no-intrinsic"]) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith("stamps:")]
+    # piped: every stamp counts, across shards; a line every quarter, none per shard
+    assert [ln.split(" stamp ")[0] for ln in lines] == [f"stamps: {k}/8" for k in (2, 4, 6, 8)]
+    assert lines[-1].startswith("stamps: 8/8 stamp (100%)") and "ETA" in lines[0]
+    assert "\r" not in text and "\x1b[" not in text
+    assert read_manifest(out)["shards"] == 3

@@ -252,15 +252,23 @@ def _fmt_s(seconds: float) -> str:
 
 class Progress:
     """A count towards ``total``: a tqdm bar on a terminal; otherwise a plain line (count,
-    percentage, elapsed time, ETA) every 10% of the total or 30 s, and at the end.
+    percentage, elapsed time, ETA) every ``every`` of the total (default 10%) or 30 s, and at
+    the end.
 
     ``update(n)`` adds to the count, ``set_postfix_str(s)`` adds text after it, ``close()``
     ends it (a final plain line if the last one was not); also a context manager."""
 
     def __init__(
-        self, total: int, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True
+        self,
+        total: int,
+        desc: str,
+        unit: str = "it",
+        initial: int = 0,
+        enabled: bool = True,
+        every: float = PLAIN_EVERY_FRACTION,
     ):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.every = every
         self.n, self.start_n = initial, initial
         self.postfix = ""
         self.t0 = self._last_t = time.monotonic()
@@ -293,7 +301,7 @@ class Progress:
                 self.bar.update(n)
                 return
             now = time.monotonic()
-            step = max(1.0, PLAIN_EVERY_FRACTION * self.total)
+            step = max(1.0, self.every * self.total)
             if (
                 self.n >= self.total
                 or self.n - self._last_n >= step
@@ -334,6 +342,12 @@ def progress(
     """A :class:`Progress` (tqdm on a terminal, plain lines when piped; nothing if not
     ``enabled``)."""
     return Progress(total, desc, unit, initial, enabled)
+
+
+def data_progress(total: int, desc: str, unit: str = "it") -> Progress:
+    """The progress of a data step (simulate, ingest: the ``progress=`` their functions take):
+    piped, a plain line every quarter of the total (or 30 s), so that their output stays short."""
+    return Progress(total, desc, unit, every=0.25)
 
 
 class EpochProgress:

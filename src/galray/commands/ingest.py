@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from galray import console
 from galray.commands.common import add_ordering, add_output, command, group
 
 REPLACE = "replace an existing output directory"
@@ -67,7 +68,14 @@ def _catalog(args: argparse.Namespace) -> int:
     from galray.datasets.ingest_catalog import ingest_catalogs
 
     grid = {"nside": args.nside, "ordering": args.ordering, "deep": args.deep}
-    ingest_catalogs(args.sources, args.out, args.columns, **grid, **_shared(args))
+    ingest_catalogs(
+        args.sources,
+        args.out,
+        args.columns,
+        **grid,
+        **_shared(args),
+        progress=console.data_progress,
+    )
     return 0
 
 
@@ -83,7 +91,9 @@ def _deep(args: argparse.Namespace) -> int:
     """
     from galray.datasets.ingest_catalog import ingest_deep
 
-    ingest_deep(args.sources, args.out, args.columns, **_shared(args))
+    ingest_deep(
+        args.sources, args.out, args.columns, **_shared(args), progress=console.data_progress
+    )
     return 0
 
 
@@ -113,5 +123,6 @@ def _maps(args: argparse.Namespace) -> int:
         ordering=args.ordering,
         survey=args.survey,
         overwrite=args.overwrite,
+        progress=console.data_progress,
     )
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from galray import console
 from galray.commands.common import add_ordering, add_output, add_size, command, group
 
 
@@ -77,7 +78,7 @@ def _survey(args: argparse.Namespace) -> int:
         write_fits_maps=not args.no_fits_maps,
         spec=args.spec or args.preset or "riz",
     )
-    simulate_survey(args.out, cfg, overwrite=args.overwrite)
+    simulate_survey(args.out, cfg, overwrite=args.overwrite, progress=console.data_progress)
     return 0
 
 
@@ -94,7 +95,7 @@ def _deepfield(args: argparse.Namespace) -> int:
     h, w = args.size
     extra = {} if args.density is None else {"density": args.density}
     cfg = DeepFieldConfig(height=h, width=w, seed=args.seed, **extra)
-    simulate_deepfield(args.out, cfg)
+    simulate_deepfield(args.out, cfg, progress=console.data_progress)
     return 0
 
 
@@ -126,5 +127,11 @@ def _stamps(args: argparse.Namespace) -> int:
         population=args.population,
         **fields,
     )
-    simulate_stamps(args.out, cfg, overwrite=args.overwrite, workers=args.workers)
+    simulate_stamps(
+        args.out,
+        cfg,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=console.data_progress,
+    )
     return 0

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from galray.config import require, to_dict
 from galray.datasets.fitsfield import NJY_ZEROPOINT, FieldImage, write_field
+from galray.datasets.progress import ProgressFactory, counting
 from galray.datasets.simulate import COUNT_SLOPE, MAG_FAINT, simulate_deep
 from galray.io import write_parquet
 
@@ -173,8 +174,11 @@ def _stamp_size(radius_arcsec: float, sersic_n: float, psf_fwhm: float, scale: f
     return int(min(MAX_STAMP, max(24, 2 * math.ceil(reach / scale) + 1)))
 
 
-def render(cfg: DeepFieldConfig, catalog: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-    """Noise-free images ``[C, H, W]`` (nJy/pixel) and the flux drawn inside them per band."""
+def render(
+    cfg: DeepFieldConfig, catalog: dict[str, np.ndarray], step=None
+) -> tuple[np.ndarray, dict]:
+    """Noise-free images ``[C, H, W]`` (nJy/pixel) and the flux drawn inside them per band;
+    ``step(1)`` after each galaxy if given (progress)."""
     import galsim
 
     h, w = cfg.height, cfg.width
@@ -201,13 +205,20 @@ def render(cfg: DeepFieldConfig, catalog: dict[str, np.ndarray]) -> tuple[np.nda
             if overlap.isDefined():
                 images[c][overlap] += stamp[overlap]
                 drawn[b][k] = float(stamp[overlap].array.sum())
+        if step is not None:
+            step(1)
     return np.stack([im.array for im in images]).astype(np.float32), drawn
 
 
 def simulate_deepfield(
-    out: str | Path, cfg: DeepFieldConfig | None = None, *, log=print
+    out: str | Path,
+    cfg: DeepFieldConfig | None = None,
+    *,
+    log=print,
+    progress: ProgressFactory | None = None,
 ) -> tuple[Path, Path]:
-    """Render the field of ``cfg`` to ``out`` (FITS) and its catalog; returns both paths."""
+    """Render the field of ``cfg`` to ``out`` (FITS) and its catalog; returns both paths.
+    ``progress``: counts the galaxies rendered (:mod:`galray.datasets.progress`)."""
     cfg = cfg or DeepFieldConfig()
     out = Path(out)
     catalog = draw_catalog(cfg)
@@ -215,7 +226,8 @@ def simulate_deepfield(
         f"rendering {catalog['id'].size} galaxies in {len(cfg.bands)} bands on a "
         f"{cfg.height}x{cfg.width} grid ({cfg.area_arcmin2:.2f} arcmin²)"
     )
-    clean, drawn = render(cfg, catalog)
+    with counting(progress, catalog["id"].size, "galaxies", "galaxy") as step:
+        clean, drawn = render(cfg, catalog, step)
     sigma = cfg.sky_sigma()
     noise = _rng(cfg.seed, 1).standard_normal(clean.shape, dtype=np.float32)
     data = clean + noise * sigma.astype(np.float32)[:, None, None]

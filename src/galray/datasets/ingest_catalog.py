@@ -33,8 +33,9 @@ from galray.config import require
 from galray.datasets import schema
 from galray.datasets.ingest import ColumnMap, ColumnSpec, check_nside, load_column_map
 from galray.datasets.ingest_deep import DeepTable
-from galray.datasets.ingest_sources import expand_sources, open_source
+from galray.datasets.ingest_sources import count_rows, expand_sources, open_source
 from galray.datasets.ingest_values import UniqueIds, check_integer_range, output_errors
+from galray.datasets.progress import ProgressFactory, counting
 from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
 from galray.io import atomic_directory, write_parquet
@@ -287,7 +288,9 @@ def _chunk_table(
     return pa.Table.from_arrays([columns[n] for n in job.schema.names], schema=job.schema)
 
 
-def _ingest_file(path: Path, job: _Job, writer: _ShardWriter, chunk_rows: int) -> FileSummary:
+def _ingest_file(
+    path: Path, job: _Job, writer: _ShardWriter, chunk_rows: int, step: Callable[[int], None]
+) -> FileSummary:
     summary = FileSummary(path)
     specs = job.cmap.columns
     sources = list(dict.fromkeys(s.source for s in specs))
@@ -301,6 +304,7 @@ def _ingest_file(path: Path, job: _Job, writer: _ShardWriter, chunk_rows: int) -
             _check_dtype(source.sample(spec.source), spec, path)
         for raw in source.chunks(sources, chunk_rows):
             writer.add(_chunk_table(raw, job, path, summary, valid))
+            step(len(next(iter(raw.values()))))
     job.ids.end_file(path)
     for spec in specs:
         if valid[spec.name] == 0:
@@ -353,14 +357,19 @@ def _run(
     overwrite: bool,
     spec: SurveySpec | None,
     log: Callable[[str], Any],
+    progress: ProgressFactory | None,
 ) -> IngestSummary:
-    """Ingest every file into shards in a temporary directory, renamed to ``out`` at the end."""
+    """Ingest every file into shards in a temporary directory, renamed to ``out`` at the end;
+    ``progress``: counts the rows read (:mod:`galray.datasets.progress`)."""
     require(summary.shard_rows > 0, "shard_rows", f"must be positive, got {summary.shard_rows}")
     require(chunk_rows > 0, "chunk_rows", f"must be positive, got {chunk_rows}")
-    with output_errors(out), atomic_directory(out, overwrite=overwrite) as tmp:
+    sources = list(dict.fromkeys(s.source for s in job.cmap.columns))
+    total = sum(count_rows(p, sources) for p in paths) if progress is not None else 0
+    counter = counting(progress, total, "rows read", "row")
+    with output_errors(out), atomic_directory(out, overwrite=overwrite) as tmp, counter as step:
         writer = _ShardWriter(tmp, job.schema, summary.shard_rows)
         for path in paths:
-            summary.files.append(_ingest_file(path, job, writer, chunk_rows))
+            summary.files.append(_ingest_file(path, job, writer, chunk_rows, step))
         if summary.rows_kept == 0:
             needs = ", ".join(job.required)
             raise DataError(f"{', '.join(map(str, paths))}: no row has a valid {needs}")
@@ -387,6 +396,7 @@ def ingest_catalogs(
     chunk_rows: int = 500_000,
     overwrite: bool = False,
     log: Callable[[str], Any] = print,
+    progress: ProgressFactory | None = None,
 ) -> IngestSummary:
     """Ingest FITS/HDF5/Parquet catalogs into Parquet shards ``out/part-NNNNN.parquet``.
 
@@ -398,8 +408,8 @@ def ingest_catalogs(
     ``out/survey.json``.  ``deep``: a deep catalog written by :func:`ingest_deep`, whose columns
     (truth, redshift) every injection inherits from the deep galaxy its ``deep_id`` names.
     Shards hold ``shard_rows`` rows (the last fewer); sources are read ``chunk_rows`` rows at a
-    time.  The output directory appears only once everything succeeded: on error nothing is left
-    behind.
+    time.  ``progress``: count the rows read.  The output directory appears only once
+    everything succeeded: on error nothing is left behind.
     """
     spec = _resolve_spec(survey)
     cmap, where = _column_map(mapping, spec, "catalog")
@@ -431,7 +441,7 @@ def ingest_catalogs(
     out_schema = cmap.output_schema(nside, ordering, extra=extra, joined=joined)
     job = _Job(cmap, nside, ordering, out_schema, required, table, _ids(cmap))
     summary = IngestSummary(Path(out), nside, ordering, shard_rows)
-    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=spec, log=log)
+    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=spec, log=log, progress=progress)
     return _run(paths, out, job, summary, **run)
 
 
@@ -445,6 +455,7 @@ def ingest_deep(
     chunk_rows: int = 500_000,
     overwrite: bool = False,
     log: Callable[[str], Any] = print,
+    progress: ProgressFactory | None = None,
 ) -> IngestSummary:
     """Ingest a deep-field catalog (FITS/HDF5/Parquet) into Parquet shards ``out/part-*.parquet``
     of ``id``, true magnitudes, morphology and redshift (and any extra columns mapped), for
@@ -464,7 +475,7 @@ def ingest_deep(
         cmap, None, None, cmap.output_schema(None, None, extra=extra), ("id",), ids=_ids(cmap)
     )
     summary = IngestSummary(Path(out), None, None, shard_rows, kind="deep")
-    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=None, log=log)
+    run = dict(chunk_rows=chunk_rows, overwrite=overwrite, spec=None, log=log, progress=progress)
     return _run(paths, out, job, summary, **run)
 
 

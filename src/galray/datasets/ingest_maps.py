@@ -33,6 +33,7 @@ from galray.datasets import schema
 from galray.datasets.ingest import check_nside
 from galray.datasets.ingest_sources import fits_table_hdu, open_fits
 from galray.datasets.ingest_values import output_errors
+from galray.datasets.progress import ProgressFactory, counting
 from galray.datasets.regrid import describe, regrid
 from galray.datasets.survey import SurveySpec, load_spec
 from galray.errors import ConfigError, DataError
@@ -398,6 +399,7 @@ def ingest_maps(
     survey: SurveySpec | str | os.PathLike | None = None,
     overwrite: bool = False,
     log: Callable[[str], Any] = print,
+    progress: ProgressFactory | None = None,
 ) -> MapIngestSummary:
     """Ingest healpy maps (``COLUMN=path.fits`` or ``path.fits``) into ``out/conditions.parquet``.
 
@@ -405,7 +407,9 @@ def ingest_maps(
     maps on another grid are moved onto it (reordered; healpy ``ud_grade`` for another nside) and
     a warning says so.  ``survey`` (a :class:`SurveySpec`, preset name, YAML file or survey
     directory): the maps must cover its ``condition_columns`` (ConfigError naming the missing
-    ones, before anything is read).  The output directory appears only if everything succeeded.
+    ones, before anything is read).  ``progress``: counts the maps read
+    (:mod:`galray.datasets.progress`).  The output directory appears only if everything
+    succeeded.
     """
     paths = _parse_specs(specs)
     spec = survey if isinstance(survey, SurveySpec) or survey is None else load_spec(survey)
@@ -427,7 +431,11 @@ def ingest_maps(
             describe(nside, ordering),
             how,
         )
-    maps = {c: read_healpix_map(path, ordering, nside) for c, path in paths.items()}
+    maps = {}
+    with counting(progress, len(paths), "maps read", "map") as step:
+        for column, path in paths.items():
+            maps[column] = read_healpix_map(path, ordering, nside)
+            step(1)
     footprint = _footprint(maps)
     table = condition_table(maps, footprint, spec)
     summary = MapIngestSummary(Path(out), nside, ordering, headers)

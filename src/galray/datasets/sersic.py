@@ -95,8 +95,9 @@ def optimal_snr(noiseless: np.ndarray, sigma) -> np.ndarray:
     return power / np.asarray(sigma, dtype=np.float64)
 
 
-def render(ids: np.ndarray, cfg) -> dict[str, np.ndarray]:
-    """Stamps, noiseless images, PSF images and parameters of galaxies ``ids``."""
+def render(ids: np.ndarray, cfg, step=None) -> dict[str, np.ndarray]:
+    """Stamps, noiseless images, PSF images and parameters of galaxies ``ids``; ``step(1)``
+    after each galaxy if given (progress)."""
     p = draw_population(ids, cfg)
     n, s, scale = len(ids), cfg.size, cfg.pixel_scale
     noiseless = np.empty((n, s, s), np.float64)
@@ -110,6 +111,8 @@ def render(ids: np.ndarray, cfg) -> dict[str, np.ndarray]:
         )
         stamps[k] = noiseless[k] + noise
         psfs[k] = psf_image(p["psf_fwhm"][k], s, scale, cfg.psf_beta)
+        if step is not None:
+            step(1)
     out = {"id": np.asarray(ids, np.int64), "stamp": stamps, "psf": psfs}
     out["noiseless"] = noiseless.astype(np.float32)
     out |= {k: v for k, v in p.items() if k != "noise_seed"}

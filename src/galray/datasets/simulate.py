@@ -269,15 +269,16 @@ class _RizSurvey:
 
 
 def simulate_survey(
-    out: str | Path, cfg: SurveyConfig, *, overwrite: bool = False, log=print
+    out: str | Path, cfg: SurveyConfig, *, overwrite: bool = False, log=print, progress=None
 ) -> dict:
     """Write a synthetic survey of ``cfg.spec`` to ``out``: the ``riz`` preset with this
     module's simulator, any other spec with :mod:`galray.datasets.simulate_spec`.  Returns the
     manifest.  The layout is :func:`~galray.datasets.simulate_base.write_survey`'s (survey.json,
-    simulation.json, deep/, maps/, injections/), built under a temporary name."""
+    simulation.json, deep/, maps/, injections/), built under a temporary name.  ``progress``:
+    counts the injections as they are written (:mod:`galray.datasets.progress`)."""
     from galray.datasets.simulate_spec import SpecSurvey
     from galray.datasets.survey import load_spec
 
     spec = cfg.survey_spec()
     sim = _RizSurvey(cfg) if spec == load_spec("riz") else SpecSurvey(cfg, spec)
-    return write_survey(out, cfg, spec, sim, overwrite=overwrite, log=log)
+    return write_survey(out, cfg, spec, sim, overwrite=overwrite, log=log, progress=progress)

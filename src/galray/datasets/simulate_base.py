@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from galray.config import require, to_dict
 from galray.datasets import schema
+from galray.datasets.progress import ProgressFactory, counting
 from galray.errors import ConfigError
 from galray.io import atomic_directory, write_parquet
 
@@ -218,9 +219,17 @@ def _write_fits_maps(
 
 
 def write_survey(
-    out: str | Path, cfg: SurveyConfig, spec: SurveySpec, sim, *, overwrite: bool, log
+    out: str | Path,
+    cfg: SurveyConfig,
+    spec: SurveySpec,
+    sim,
+    *,
+    overwrite: bool,
+    log,
+    progress: ProgressFactory | None = None,
 ) -> dict:
-    """Write ``sim``'s survey to ``out`` (built under a temporary name, renamed when complete).
+    """Write ``sim``'s survey to ``out`` (built under a temporary name, renamed when complete);
+    ``progress``: counts the injections written (:mod:`galray.datasets.progress`).
 
     ``sim`` provides ``deep()``, ``deep_table(deep)``, ``maps()``, ``shard(...)`` and a
     ``transfer`` dict of constants.  Layout::
@@ -254,12 +263,14 @@ def write_survey(
 
         n_detected = 0
         n_shards = -(-cfg.n_injections // cfg.shard_rows)
-        for shard in range(n_shards):
-            start = shard * cfg.shard_rows
-            n = min(cfg.shard_rows, cfg.n_injections - start)
-            table = sim.shard(shard, start, n, deep, footprint, cond_values)
-            write_parquet(table, tmp / "injections" / f"part-{shard:05d}.parquet")
-            n_detected += int(np.asarray(table["detected"]).sum())
+        with counting(progress, cfg.n_injections, "injections", "row") as step:
+            for shard in range(n_shards):
+                start = shard * cfg.shard_rows
+                n = min(cfg.shard_rows, cfg.n_injections - start)
+                table = sim.shard(shard, start, n, deep, footprint, cond_values)
+                write_parquet(table, tmp / "injections" / f"part-{shard:05d}.parquet")
+                n_detected += int(np.asarray(table["detected"]).sum())
+                step(n)
 
         seconds = time.perf_counter() - t0
         manifest = {

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from galray.config import require, to_dict
+from galray.datasets.progress import ProgressFactory, counting
 from galray.datasets.psf import psf_image
 from galray.errors import DataError
 from galray.io import atomic_directory, parquet_files, read_parquet, write_json, write_parquet
@@ -254,8 +255,9 @@ def convolve_same(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
     return out[..., c : c + n, c : c + n].astype(np.float32)
 
 
-def render(ids: np.ndarray, cfg: StampSimConfig) -> dict[str, np.ndarray]:
-    """Stamps, PSF images, intrinsic images and properties of galaxies ``ids``."""
+def render(ids: np.ndarray, cfg: StampSimConfig, step=None) -> dict[str, np.ndarray]:
+    """Stamps, PSF images, intrinsic images and properties of galaxies ``ids``; ``step(1)``
+    after each galaxy if given (progress)."""
     import galsim
 
     p = draw_population(ids, cfg)
@@ -277,6 +279,8 @@ def render(ids: np.ndarray, cfg: StampSimConfig) -> dict[str, np.ndarray]:
         )
         stamps[k] = obs.array + noise
         psfs[k] = psf_image(row["psf_fwhm"], s, scale, cfg.psf_beta)
+        if step is not None:
+            step(1)
     out = {"id": np.asarray(ids, np.int64), "stamp": stamps, "psf": psfs}
     if cfg.intrinsic:
         out["intrinsic"] = intrinsic
@@ -301,20 +305,18 @@ def to_table(columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(fields)
 
 
-def _write_shard(ids: np.ndarray, path: Path, cfg: StampSimConfig) -> tuple[int, list[str]]:
+def _write_shard(
+    ids: np.ndarray, path: Path, cfg: StampSimConfig, step=None
+) -> tuple[int, list[str]]:
+    """Render and write one shard: its number of stamps and its columns."""
     if cfg.population == "sersic":
         from galray.datasets import sersic
 
-        table = to_table(sersic.render(ids, cfg))
+        table = to_table(sersic.render(ids, cfg, step))
     else:
-        table = to_table(render(ids, cfg))
+        table = to_table(render(ids, cfg, step))
     write_parquet(table, path)
-    return int(ids[-1]) + 1, table.column_names
-
-
-def _log_shard(done: tuple[int, list[str]], cfg: StampSimConfig, log) -> list[str]:
-    log(f"stamps {done[0]}/{cfg.n}")
-    return done[1]
+    return len(ids), table.column_names
 
 
 def simulate_stamps(
@@ -324,24 +326,29 @@ def simulate_stamps(
     overwrite: bool = False,
     workers: int | None = None,
     log=print,
+    progress: ProgressFactory | None = None,
 ) -> dict:
     """Render ``cfg.n`` stamps into ``out`` (see the module docstring); returns the manifest.
     ``workers``: processes rendering shards side by side (the output does not depend on it).
-    The directory appears only when complete; an existing non-empty one needs ``overwrite``."""
+    ``progress``: counts the stamps rendered (:mod:`galray.datasets.progress`; one process: each
+    stamp, several: each finished shard).  The directory appears only when complete; an
+    existing non-empty one needs ``overwrite``."""
     shards = [np.arange(a, min(a + cfg.shard_rows, cfg.n)) for a in range(0, cfg.n, cfg.shard_rows)]
     workers = max(1, min(workers or 1, len(shards)))
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    counter = counting(progress, cfg.n, "stamps", "stamp")
+    with atomic_directory(out, overwrite=overwrite) as tmp, counter as step:
         (tmp / STAMPS_DIR).mkdir()
         paths = [tmp / STAMPS_DIR / f"part-{k:05d}.parquet" for k in range(len(shards))]
         if workers == 1:
-            done = map(_write_shard, shards, paths, [cfg] * len(shards))
-            names = [_log_shard(n, cfg, log) for n in done]
+            names = [_write_shard(ids, path, cfg, step)[1] for ids, path in zip(shards, paths)]
         else:
             from concurrent.futures import ProcessPoolExecutor
 
+            names = []
             with ProcessPoolExecutor(workers) as pool:
-                done = pool.map(_write_shard, shards, paths, [cfg] * len(shards))
-                names = [_log_shard(n, cfg, log) for n in done]
+                for n, columns in pool.map(_write_shard, shards, paths, [cfg] * len(shards)):
+                    step(n)
+                    names.append(columns)
         manifest = {
             "kind": "galray.stamps",
             "population": cfg.population,
