@@ -39,6 +39,7 @@ def _emulator(args: argparse.Namespace) -> int:
     Emulate held-out injections (truth and conditions known) and compare them with the measured
     ones: KS statistics, (obs - true) in bins, detection fraction, and a classifier two-sample
     test.  Writes report.json, CSV tables and PNG plots to --out and logs them to MLflow.
+    The first --rows rows of the split are read here with pyarrow: Ray is not started.
     Example:
         galray evaluate emulator --model models:/galray-emulator-smoke@champion \
             --data data/smoke-survey --out report/
@@ -49,7 +50,6 @@ def _emulator(args: argparse.Namespace) -> int:
     from galray.emulator.registry import load_emulator
     from galray.emulator.spec import evaluate_on_split
     from galray.registry import model_provenance
-    from galray.training.ray_env import init_ray
 
     emulator = load_emulator(args.model)
     data = Path(args.data)
@@ -61,10 +61,9 @@ def _emulator(args: argparse.Namespace) -> int:
     catalog = TrainingCatalog(
         catalog_path, maps, spec=emulator.spec, max_outside_fraction=1.0, **split
     )
-    init_ray()
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    # No Ray: the (at most --rows) rows scored end up in this process anyway, and the catalog
+    # is a path it reads (TrainingCatalog checked every shard here); TrainingCatalog.table reads
+    # them with pyarrow, stopping once it has enough, so Ray would add only its start-up.
     rows = None if args.split == "all" else args.split
     model = model_provenance(args.model)
     model["run_id"] = model["run_id"] or emulator.info.get("run_id")

@@ -23,6 +23,8 @@ target block size (see :func:`plan_pieces`).  :meth:`TrainingCatalog.dataset` bu
 ``map_batches`` task per piece reads it with pyarrow, looks the conditions up by pixel (the
 :class:`ConditionMap` travels once as an object ref; one vectorised gather per piece, no per-row
 Python), drops off-footprint rows and keeps one split.  Blocks stay pyarrow tables, zero-copy.
+:meth:`TrainingCatalog.table` is the same join in this process, without Ray, for a sample that
+fits in memory (an evaluation's).
 ``ray.data.read_parquet`` was measured and not used: in Ray 2.60 its default (DataSource V2) packs
 every shard under 128 MiB into a single read task after a separate file-listing task, and the V1
 datasource samples files in extra tasks before reading; on 1.7M rows x 2 cores both were 1.5-4x
@@ -42,15 +44,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-import ray.data
 
 from galray.config import require
 from galray.datasets import schema
@@ -60,6 +60,9 @@ from galray.errors import DataError, FootprintError
 from galray.io import parquet_files
 
 if TYPE_CHECKING:
+    import ray
+    import ray.data
+
     from galray.datasets.survey import SurveySpec
 
 log = logging.getLogger(__name__)
@@ -173,6 +176,43 @@ class TrainingCatalog:
         columns (:attr:`condition_columns`, e.g. ``psf_fwhm_b`` in arcsec and ``depth_b`` in AB
         mag) are always appended.
         """
+        import ray.data
+
+        join = replace(self._join(split, columns), conditions_ref=self._put_conditions())
+        plan = plan_pieces(self.files, self._row_groups, _cluster_cpus())
+        pieces = ray.data.from_items(plan, override_num_blocks=len(plan))
+        ds = pieces.map_batches(join, batch_format="pyarrow", batch_size=1)
+        # A DataError raised in a task (a corrupt data page) reaches the caller as DataError.
+        ds.context.raise_original_map_exception = True
+        return ds
+
+    def table(
+        self,
+        split: str | None = "test",
+        columns: Sequence[str] | None = None,
+        max_rows: int | None = None,
+    ) -> pa.Table:
+        """The rows :meth:`dataset` holds, read here with pyarrow, without Ray: the first
+        ``max_rows`` (None: all) on-footprint rows of ``split`` in catalog order (shard, then
+        row group), conditions appended.  For a sample that fits in this process's memory (an
+        evaluation's): it reads one row group at a time and stops once it has ``max_rows``."""
+        join = self._join(split, columns)
+        tables: list[pa.Table] = []
+        n = 0
+        for f, sizes in zip(self.files, self._row_groups):
+            for i in range(len(sizes)):
+                if max_rows is not None and n >= max_rows:
+                    break
+                tables.append(join.join(_read_part(str(f), [i], join.read), self.conditions))
+                n += tables[-1].num_rows
+        if not tables:  # no row groups: the columns, no rows
+            tables = [join.join(_read_part(str(self.files[0]), [], join.read), self.conditions)]
+        table = pa.concat_tables(tables)
+        return table if max_rows is None else table.slice(0, max_rows)
+
+    def _join(self, split: str | None, columns: Sequence[str] | None) -> _ShardJoin:
+        """The join of :meth:`dataset` and :meth:`table`: keep ``columns`` (default all), read
+        what the footprint and the split need besides."""
         keep = list(self.columns if columns is None else columns)
         missing = [c for c in keep if c not in self.columns]
         if missing:
@@ -180,15 +220,11 @@ class TrainingCatalog:
         code = None if split is None else split_index(split)
         needed = ["pixel"] + (["id"] if code is not None else [])
         read = keep + [c for c in needed if c not in keep]
-        plan = plan_pieces(self.files, self._row_groups, _cluster_cpus())
-        pieces = ray.data.from_items(plan, override_num_blocks=len(plan))
-        join = _ShardJoin(self._put_conditions(), self.split_spec, code, tuple(read), tuple(keep))
-        ds = pieces.map_batches(join, batch_format="pyarrow", batch_size=1)
-        # A DataError raised in a task (a corrupt data page) reaches the caller as DataError.
-        ds.context.raise_original_map_exception = True
-        return ds
+        return _ShardJoin(None, self.split_spec, code, tuple(read), tuple(keep))
 
     def _put_conditions(self) -> ray.ObjectRef:
+        import ray
+
         if self._conditions_ref is None:
             self._conditions_ref = ray.put(self.conditions)
         return self._conditions_ref
@@ -341,6 +377,8 @@ def plan_pieces(
     Each piece is ``{"parts": [{"path": str, "row_groups": [int, ...]}, ...]}``.
     """
     if max_bytes is None:
+        import ray.data
+
         max_bytes = ray.data.DataContext.get_current().target_max_block_size or 2**27
     total = sum(sum(sizes) for sizes in row_group_bytes)
     target = max(1, min(-(-total // max(1, n_cpus)), max_bytes))
@@ -362,6 +400,8 @@ def plan_pieces(
 
 
 def _cluster_cpus() -> int:
+    import ray
+
     return int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
 
 
@@ -414,13 +454,15 @@ def _read_pixels(path: Path) -> np.ndarray:
 class _ShardJoin:
     """The ``map_batches`` UDF: read a piece, add conditions, drop off-footprint rows, split."""
 
-    conditions_ref: ray.ObjectRef
+    conditions_ref: ray.ObjectRef | None  # None: called in-process by TrainingCatalog.table
     split_spec: SplitSpec
     split_code: int | None
     read: tuple[str, ...]
     keep: tuple[str, ...]
 
     def __call__(self, pieces: pa.Table) -> pa.Table:
+        import ray
+
         conditions: ConditionMap = ray.get(self.conditions_ref)
         parts = [part for piece in pieces.column("parts").to_pylist() for part in piece]
         tables = [

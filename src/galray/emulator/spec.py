@@ -198,7 +198,9 @@ def evaluate_on_split(
     model: str | None = None,
 ) -> dict:
     """Emulate held-out rows of ``catalog`` and score them against its measurements (by the
-    emulator's survey spec: every output, the selection and, with a redshift, its n(z)).
+    emulator's survey spec: every output, the selection and, with a redshift, its n(z)).  The
+    rows: the first ``max_rows`` of ``split`` in catalog order, read in this process without
+    Ray (:meth:`~galray.datasets.reader.TrainingCatalog.table`).
     model: what the figures' titles call the emulator (its registered name and version)."""
     from galray.datasets import selection
     from galray.evaluation.emulator import fidelity_report
@@ -207,7 +209,7 @@ def evaluate_on_split(
     extra = [spec.deep.redshift, "p_detect"]
     cols = spec.truth_columns + [c for c in spec.output_columns if c in catalog.columns]
     cols += [c for c in extra if c and c in catalog.columns]
-    reference = catalog.dataset(split, cols).limit(max_rows).to_pandas()
+    reference = catalog.table(split, cols, max_rows).to_pandas()  # in memory: no Ray
     reference["selected"] = selection.select(spec.selection, reference)
     emulated = reference.drop(columns=["p_detect"], errors="ignore")
     for name, values in emulator.sample(reference, seed=seed).items():
