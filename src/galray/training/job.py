@@ -137,6 +137,7 @@ def run_training(
     console.mark("data loaded")
     storage = Path(cfg.storage_path).resolve()
     target = runs.resolve(spec, cfg, storage, resume, log)  # so does a bad --resume
+    console.mark("run resolved")
     console.set_log_dir(storage)  # the CLI's log file: <storage_path>/galray-logs/
     init_ray()
     console.mark("Ray started")
@@ -160,6 +161,7 @@ def run_training(
             name=run.name,
             mlflow_info=run.mlflow_info,
         )
+        console.mark("trainer built (datasets planned)")
         budget = getattr(cfg, "time_budget_s", None)
         with console.epoch_progress(cfg.epochs, budget):  # advanced by rank 0's epoch lines
             result = trainer.fit()

@@ -42,6 +42,8 @@ def worker_context() -> WorkerContext:
     import ray.train.torch
 
     ctx = ray.train.get_context()
+    if ctx.get_world_rank() == 0:
+        timing_mark("worker started")
     return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
 
@@ -68,7 +70,15 @@ def materialize(shard, columns: list[str]) -> dict[str, np.ndarray]:
     for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
         for c in columns:
             parts[c].append(np.asarray(batch[c]))
+    timing_mark("shard read")
     return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
+
+
+def timing_mark(stage: str) -> None:
+    """With ``GALRAY_TIMING`` set (``scripts/startup_breakdown.py`` sets it): a line saying when
+    (Unix time) this worker reached ``stage``, into the job's log file with the driver's marks."""
+    if os.environ.get("GALRAY_TIMING"):
+        worker_print(f"[galray] timing: {stage} at {time.time():.3f}")
 
 
 def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, int]:
@@ -281,6 +291,8 @@ def run_epochs(
     rank, world = ctx.rank, ctx.world
     clock = EpochClock(cfg, ctx.device, world, progress)
     logger = MlflowEpochLogger(mlflow_info) if rank == 0 else None
+    if rank == 0:
+        timing_mark("epoch loop starts")
     for epoch in range(clock.start, cfg.epochs + 1):
         order, noise_seed = epoch_seeds(cfg.seed, epoch, rank)
         torch.manual_seed(noise_seed)
@@ -293,6 +305,8 @@ def run_epochs(
             step(k)
         metrics = state.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
+        if rank == 0 and epoch == clock.start:
+            timing_mark("first epoch's steps done")
         if not clock.end_epoch(epoch, seconds):
             continue
         metrics.update(clock.metrics(), **{rate: items * world / seconds})
@@ -300,7 +314,9 @@ def run_epochs(
             metrics.update(last_metrics())
         if rank == 0:
             metrics.update(validate(epoch))
+            timing_mark(f"epoch {epoch} validated")
             logger.log(metrics, epoch)
+            timing_mark(f"epoch {epoch} logged to MLflow")
             if after_log is not None:
                 after_log(logger, epoch, clock.last)
             worker_print(line(metrics, epoch, seconds))
