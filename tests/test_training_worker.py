@@ -128,3 +128,27 @@ def test_run_epochs_reports_every_nth_epoch_and_the_last(reports):
     )
     assert [epoch for epoch, _, _ in reports.sent] == [2, 4, 5]
     assert len(state.lr_scales) == 4  # epochs 2..5
+
+
+def test_epoch_logger_takes_the_client_opened_in_the_background(tmp_path):
+    """Rank 0 starts opening the MLflow client in worker_context (overlapping the data read);
+    the epoch logger takes that client, logs through it, and a failure to open it is raised
+    when the logger is made, as before."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("worker"))
+    opening = worker._open_client(uri)  # what worker_context starts on rank 0
+    assert worker._open_client(uri) is opening  # once
+    logger = worker.MlflowEpochLogger({"tracking_uri": uri, "run_id": run.info.run_id})
+    assert logger.client is opening.result() and uri not in worker._OPENING
+    logger.log({"critic_loss": 1.5, "val_swd": 0.25, "val_ks_max": float("nan")}, epoch=2)
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics == {"train/critic_loss": 1.5, "val/swd": 0.25}
+
+    bad = {"tracking_uri": "nosuchscheme://x", "run_id": "r"}
+    worker._open_client(bad["tracking_uri"])
+    with pytest.raises(Exception, match="nosuchscheme"):
+        worker.MlflowEpochLogger(bad)
+    assert "nosuchscheme://x" not in worker._OPENING  # the next logger tries again

@@ -93,7 +93,7 @@ def train_loop(config: dict) -> None:
     mlflow_info = config.pop("_mlflow", {})
     field_ref = config.pop("_field")
     cfg = from_dict(DeepFieldTrainConfig, config)
-    ctx = worker.worker_context()
+    ctx = worker.worker_context(mlflow_info)
     world, device = ctx.world, ctx.device
     image = _load_image(field_ref, device)
     worker.use_torch_threads(cfg.scaling)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from scipy.stats import ks_2samp
 
 from galray.config import from_dict
 from galray.datasets.survey import SurveySpec
@@ -87,6 +86,8 @@ def validation_metrics(
     unlike the per-band KS it sees a measurement that ignores its conditions -- the detection
     model's BCE, and for a flow ``val_nll``, its negative log-likelihood per row (standardised
     units)."""
+    from scipy.stats import ks_2samp  # here: the driver imports this module (~0.8 s saved)
+
     device = next(m.generator.parameters()).device
     det = val["detected"].astype(bool)
     cond = torch.from_numpy(features.encode_cond(val)).to(device)
@@ -150,7 +151,7 @@ def train_loop(config: dict) -> None:
     mlflow_info = config.pop("_mlflow", {})
     spec = SurveySpec.from_dict(config.pop("_survey"), "the driver's survey spec")
     cfg = from_dict(EmulatorTrainConfig, config)
-    ctx = worker.worker_context()
+    ctx = worker.worker_context(mlflow_info)
     rank, world, device = ctx.rank, ctx.world, ctx.device
     needed = _columns_needed(spec)
 

@@ -80,7 +80,7 @@ def train_loop(config: dict) -> None:
     targets = Targets(**config.pop("_targets"))
     clean = bool(config.pop("_clean"))
     cfg = from_dict(EstimatorTrainConfig, config)
-    ctx = worker.worker_context()
+    ctx = worker.worker_context(mlflow_info)
     rank, world, device = ctx.rank, ctx.world, ctx.device
     fresh = cfg.data.fresh_noise and clean
 

@@ -13,8 +13,10 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +38,18 @@ class WorkerContext:
     device: torch.device
 
 
-def worker_context() -> WorkerContext:
-    """This worker's rank, world size and device."""
+def worker_context(mlflow_info: dict | None = None) -> WorkerContext:
+    """This worker's rank, world size and device.  ``mlflow_info``: the driver's MLflow run;
+    rank 0 starts opening its client now, in a thread, so that importing MLflow and opening
+    its tracking store (~2 s) overlap with reading the data (:class:`MlflowEpochLogger`)."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     if ctx.get_world_rank() == 0:
         timing_mark("worker started")
+        if (mlflow_info or {}).get("tracking_uri") and mlflow_info.get("run_id"):
+            _open_client(mlflow_info["tracking_uri"])
     return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
 
@@ -192,6 +198,28 @@ def load_state(checkpoint_dir: str | Path) -> dict:
     )
 
 
+_OPENING: dict[str, Future] = {}  # tracking URI -> its MlflowClient, being opened
+
+
+def _open_client(uri: str) -> Future:
+    """The MlflowClient of ``uri``, opened in a thread (once; an error is raised by
+    ``result()``)."""
+    if uri not in _OPENING:
+        future: Future = Future()
+
+        def open_client() -> None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                future.set_result(MlflowClient(uri))
+            except BaseException as exc:  # raised again by result()
+                future.set_exception(exc)
+
+        _OPENING[uri] = future
+        threading.Thread(target=open_client, name="galray-mlflow-client", daemon=True).start()
+    return _OPENING[uri]
+
+
 class MlflowEpochLogger:
     """Rank 0 logs per-epoch metrics (and images) into the MLflow run the driver opened, named
     ``train/...`` and ``val/...`` (:func:`galray.tracking.metric_name`; the reports to Ray Train
@@ -201,9 +229,9 @@ class MlflowEpochLogger:
         mlflow_info = mlflow_info or {}
         self.client, self.run_id = None, mlflow_info.get("run_id")
         if mlflow_info.get("tracking_uri") and self.run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(mlflow_info["tracking_uri"])
+            opening = _open_client(mlflow_info["tracking_uri"])  # started by worker_context
+            _OPENING.pop(mlflow_info["tracking_uri"])  # a later logger opens its own
+            self.client = opening.result()
 
     @property
     def enabled(self) -> bool:
