@@ -140,6 +140,11 @@ def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_session):
             _cfg(setup, out, realizations=6, chunk_rows=500, seed=8, resume=True),
             log=lambda *_: None,
         )
+    with pytest.raises(OutputExistsError, match="precision was 'auto', now 'float32'"):
+        emulate(
+            _cfg(setup, out, realizations=6, chunk_rows=500, precision="float32", resume=True),
+            log=lambda *_: None,
+        )
     summary = emulate(
         _cfg(setup, out, realizations=6, chunk_rows=500, resume=True),
         log=lambda *_: None,

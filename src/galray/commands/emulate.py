@@ -31,6 +31,13 @@ def register(sub, groups) -> None:
     add_deprecated(p, "--chunk-rows", "--shard-rows", "chunk_rows", type=int)
     p.add_argument("--workers", type=int, help="actors (default: GPUs, else CPUs)")
     p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="hidden-layer arithmetic: bfloat16 where a CPU multiplies it natively (auto), or "
+        "fixed; inputs, outputs and the flow's splines are always float32",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="finish an interrupted run in --out (shards checked; damaged ones redone)",
@@ -54,7 +61,9 @@ def _emulate(args: argparse.Namespace) -> int:
 
     from galray.emulator.emulate import EmulateConfig, emulate
 
-    fields = "model deep out realizations seed positions chunk_rows workers resume overwrite"
+    fields = (
+        "model deep out realizations seed positions chunk_rows workers precision resume overwrite"
+    )
     options = {name: getattr(args, name) for name in fields.split()}
     maps = Path(args.maps)
     maps = maps / "conditions.parquet" if maps.is_dir() else maps

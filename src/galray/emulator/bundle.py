@@ -30,6 +30,7 @@ from galray.datasets.survey import SurveySpec
 from galray.emulator.features import EmulatorFeatures
 from galray.errors import DataError, GalrayError
 from galray.io import atomic_directory, read_bundle_meta, reading_bundle
+from galray.models import precision as precision_module
 from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
 from galray.models.flow import ConditionalFlow, FlowConfig
 
@@ -65,7 +66,10 @@ class Emulator:
         net: NetConfig,
         info: dict | None = None,
         flow: FlowConfig | None = None,
+        precision: str = "auto",
     ):
+        precision_module.resolve(precision, torch.device("cpu"))  # a bad name raises here
+        self.precision = precision
         self.generator = generator.eval()
         self.detection = detection.eval()
         self.features = features
@@ -108,6 +112,13 @@ class Emulator:
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What :attr:`precision` (``auto``, ``float32`` or ``bfloat16``) means on this device:
+        the dtype of the networks' hidden-to-hidden products when sampling
+        (:mod:`galray.models.precision`; the flow's splines are always float32)."""
+        return precision_module.resolve(self.precision, self.device)
+
     @torch.inference_mode()
     def sample(
         self,
@@ -145,11 +156,13 @@ class Emulator:
         # depend on the block size
         z = torch.randn(n, self.generator.noise_dim, generator=gen, device=device)
         u = torch.rand(n, generator=gen, device=device)
-        p_det = self._blocks(lambda r: torch.sigmoid(self.detection(cond[r]).float()), n)
+        dtype = self.dtype
+        p_det = self._blocks(lambda r: torch.sigmoid(self.detection(cond[r], dtype).float()), n)
         detected = (u < p_det).cpu().numpy()
         rows_det = torch.from_numpy(np.flatnonzero(detected)).to(device)
         y = self._blocks(
-            lambda r: self.generator(z[rows_det[r]], cond[rows_det[r]]).float(), len(rows_det)
+            lambda r: self.generator(z[rows_det[r]], cond[rows_det[r]], dtype).float(),
+            len(rows_det),
         )
         truth = {c: np.asarray(columns[c])[detected] for c in self.features.truth_columns}
         decoded = self.features.decode_target(y.cpu().numpy(), truth)
@@ -220,7 +233,10 @@ class Emulator:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Emulator:
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto"
+    ) -> Emulator:
+        """The emulator saved in ``path``, on ``device``; ``precision``: see :attr:`dtype`."""
         path = Path(path)
         meta = read_bundle_meta(path, BUNDLE_META, "galray.emulator", BUNDLE_VERSION, "emulator")
         with reading_bundle(path, "emulator"):
@@ -231,7 +247,8 @@ class Emulator:
             detection = DetectionModel(features.n_cond, net)
             generator.load_state_dict(_load_state(path / "generator.pt"))
             detection.load_state_dict(_load_state(path / "detection.pt"))
-        return cls(generator, detection, features, net, meta.get("info"), flow).to(device)
+        emulator = cls(generator, detection, features, net, meta.get("info"), flow, precision)
+        return emulator.to(device)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -47,6 +47,7 @@ from galray.emulator.manifest import MANIFEST, Output, prepare_output, verify_sh
 from galray.emulator.model_source import bundle_files, resolve_model, write_bundle
 from galray.errors import GalrayError, OutputError
 from galray.io import atomic_path
+from galray.models.precision import PRECISIONS
 
 __all__ = ["MANIFEST", "PARQUET_WRITE", "EmulateConfig", "emulate", "plan_shards"]
 
@@ -72,7 +73,10 @@ class EmulateConfig:
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
     random positions.  seed: every random draw (the output is deterministic for a seed).
     chunk_rows: deep rows (or positions) per shard.  workers: actors (default:
-    one per GPU, else one per CPU).  overwrite: replace the emulation in ``out`` once the new run
+    one per GPU, else one per CPU).  precision: the networks' hidden-layer arithmetic
+    (:mod:`galray.models.precision`: ``auto`` -- bfloat16 on CPUs that multiply it natively,
+    each worker deciding for itself -- ``float32`` or ``bfloat16``; ``float32`` gives the same
+    output on any hardware).  overwrite: replace the emulation in ``out`` once the new run
     completes.  resume: finish an interrupted run in ``out`` (its shards checked, damaged ones
     redone).
     """
@@ -86,6 +90,7 @@ class EmulateConfig:
     positions: str | None = None
     chunk_rows: int = 500_000
     workers: int | None = None
+    precision: str = "auto"
     overwrite: bool = False
     resume: bool = False
 
@@ -93,6 +98,11 @@ class EmulateConfig:
         require(self.realizations >= 1, "realizations", f"must be >= 1, got {self.realizations}")
         require(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
         require(self.workers is None or self.workers >= 1, "workers", "must be >= 1")
+        require(
+            self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {list(PRECISIONS)}, got {self.precision!r}",
+        )
         require(
             not (self.overwrite and self.resume), "resume", "give --resume or --overwrite, not both"
         )
@@ -198,7 +208,15 @@ class ShardWriter:
     node can run it), emulates and writes whole shards."""
 
     def __init__(
-        self, bundle_ref, deep_ref, cmap_ref, positions_ref, seed: int, out: str, fault=""
+        self,
+        bundle_ref,
+        deep_ref,
+        cmap_ref,
+        positions_ref,
+        seed: int,
+        out: str,
+        fault="",
+        precision: str = "auto",
     ):
         import tempfile
 
@@ -210,7 +228,7 @@ class ShardWriter:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         with tempfile.TemporaryDirectory(prefix="galray-model-") as tmp:
             path = write_bundle(ray.get(bundle_ref), Path(tmp))
-            self.emulator = Emulator.load(path, device=device)
+            self.emulator = Emulator.load(path, device=device, precision=precision)
         self.deep, self.cmap = ray.get(deep_ref), ray.get(cmap_ref)
         self.positions = ray.get(positions_ref) if positions_ref is not None else None
         self.seed, self.out, self.fault = seed, Path(out), fault
@@ -273,6 +291,7 @@ def _identity(cfg: EmulateConfig, model: str, n_rows: int) -> dict:
         "seed": cfg.seed,
         "chunk_rows": cfg.chunk_rows,
         "rows_per_realization": n_rows,
+        "precision": cfg.precision,
     }
 
 
@@ -370,6 +389,7 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
             "seed": cfg.seed,
             "out": str(output.work.resolve()),
             "fault": fault,
+            "precision": cfg.precision,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from galray.config import require
+from galray.models.precision import mlp_forward
 
 ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU, "gelu": nn.GELU}
 
@@ -66,8 +67,11 @@ class ConditionalGenerator(nn.Module):
         self.noise_dim = cfg.noise_dim
         self.net = mlp(cfg.noise_dim + n_cond, n_out, cfg.width, cfg.depth, cfg.activation)
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, cond], dim=1))  # [B, Y]
+    def forward(
+        self, z: torch.Tensor, cond: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """``dtype``: of the hidden-to-hidden products (:mod:`galray.models.precision`)."""
+        return mlp_forward(self.net, torch.cat([z, cond], dim=1), dtype)  # [B, Y]
 
 
 class Critic(nn.Module):
@@ -91,8 +95,9 @@ class DetectionModel(nn.Module):
         super().__init__()
         self.net = mlp(n_cond, 1, cfg.detection_width, cfg.detection_depth, cfg.activation)
 
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.net(cond).squeeze(1)  # [B]
+    def forward(self, cond: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``dtype``: of the hidden-to-hidden products (:mod:`galray.models.precision`)."""
+        return mlp_forward(self.net, cond, dtype).squeeze(1)  # [B]
 
 
 def gradient_penalty(
