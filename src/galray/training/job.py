@@ -16,6 +16,7 @@ and its evaluation -- and nothing else::
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,8 +140,11 @@ def run_training(
     target = runs.resolve(spec, cfg, storage, resume, log)  # so does a bad --resume
     console.mark("run resolved")
     console.set_log_dir(storage)  # the CLI's log file: <storage_path>/galray-logs/
+    opening = _open_tracking_store(cfg)
     init_ray()
     console.mark("Ray started")
+    if opening is not None:
+        opening.join()
     check_room_for_data(cfg.scaling, reads_data=spec.reads_data)  # before anything is logged
     # per-epoch lines from rank 0 are the progress display; Ray Data's bars would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -192,6 +196,29 @@ def run_training(
         report_dir=published.report_dir,
         seconds=seconds,
     )
+
+
+def _open_tracking_store(cfg: TrainJobConfig) -> threading.Thread | None:
+    """Open the run's MLflow tracking store in a thread while Ray starts (importing SQLAlchemy,
+    checking the database's schema: ~1 s); MLflow keeps one store per URI, so the run opens on
+    it.  A failure is left to the run's own opening, which raises it as before."""
+    if not cfg.tracking.enabled:
+        return None
+    from galray.tracking import tracking_uri
+
+    uri = tracking_uri()  # what runs.driver_run configures
+
+    def open_store() -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri)  # resolves (and caches) the tracking store
+        except Exception:  # driver_run opens it again and raises the error
+            pass
+
+    thread = threading.Thread(target=open_store, name="galray-mlflow-store", daemon=True)
+    thread.start()
+    return thread
 
 
 def record_run(
