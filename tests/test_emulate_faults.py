@@ -181,6 +181,22 @@ def test_a_second_emulate_of_a_live_output_is_refused(reference, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_resume_removes_a_killed_overwrites_staging_directory(reference, tmp_path):
+    """A killed --overwrite leaves its staging directory beside the output; finishing the old
+    run with --resume (not only a later --overwrite) removes it."""
+    out = _copy(reference, tmp_path)
+    identity = json.loads((out / MANIFEST).read_text())["identity"]
+    dead = prepare_output(out, identity, overwrite=True, resume=False, log=lambda *_: None)
+    (dead.work / "part-r0000-c00000.parquet").write_bytes(b"half a shard")
+    dead.release()  # the --overwrite run is killed
+    lines: list[str] = []
+    resumed = prepare_output(out, identity, overwrite=False, resume=True, log=lines.append)
+    assert not dead.work.exists()
+    assert any("removed the unfinished output" in line for line in lines)
+    resumed.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # --------------------------------------------------------------------------- resume
 
 

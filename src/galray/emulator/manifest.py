@@ -8,7 +8,8 @@ leaves the old output as it was.  A directory is replaced only if it holds nothi
 files (shards, manifest, emulation temporaries).  A run holds an advisory lock (``flock``) on its
 output directory (and on its staging directory) while it lives: a second emulate of the same
 output -- fresh, ``--resume`` or ``--overwrite`` -- is refused in one line while the first runs,
-and an ``--overwrite`` removes only the staging directories of runs that are dead.
+and an ``--overwrite`` or ``--resume`` removes only the staging directories of runs that are
+dead.
 
 **Content-verified resume.**  The manifest records, per finished shard, its rows, bytes, detected
 count and the SHA-256 of its bytes.  On ``--resume`` each shard on disk is checked against its
@@ -173,6 +174,7 @@ def _claim(out, entries, manifest, held, identity, overwrite, resume, source, pr
         p.unlink(missing_ok=True)
     if stale:
         log(f"{out}: removed {len(stale)} temporary file(s) left by a killed run")
+    _remove_stale_staging(out, log)  # a killed --overwrite's: its run is dead, we hold out
     records = manifest.get("shard_records")
     records = records if isinstance(records, dict) else {}
     output = Output(out, out, False, identity, source, dict(records), provenance)
