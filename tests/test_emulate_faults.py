@@ -197,6 +197,33 @@ def test_a_resume_removes_a_killed_overwrites_staging_directory(reference, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_filesystem_without_directory_locks_is_used_not_refused(reference, tmp_path, monkeypatch):
+    """On NFS, flock of a directory fails with EBADF (Linux emulates it with a byte-range lock,
+    which needs a descriptor open for writing): emulate must still run there -- saying that a
+    concurrent run would go unnoticed -- and must leave staging directories alone, since it
+    cannot tell a dead run's from a live one's."""
+    import errno
+
+    from galray.emulator import manifest as manifest_module
+
+    def no_locks(fd, op):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    out = _copy(reference, tmp_path)
+    identity = json.loads((out / MANIFEST).read_text())["identity"]
+    dead = prepare_output(out, identity, overwrite=True, resume=False, log=lambda *_: None)
+    dead.release()  # a killed --overwrite, on a filesystem that locks
+    monkeypatch.setattr(manifest_module.fcntl, "flock", no_locks)
+    lines: list[str] = []
+    resumed = prepare_output(out, identity, overwrite=False, resume=True, log=lines.append)
+    assert any("cannot lock the directory" in line for line in lines)
+    assert dead.work.is_dir() and any("left alone" in line for line in lines)
+    fresh = prepare_output(tmp_path / "new", identity, overwrite=False, resume=False, log=print)
+    assert (tmp_path / "new" / MANIFEST).is_file()
+    for run in (resumed, fresh):
+        run.release()
+
+
 # --------------------------------------------------------------------------- resume
 
 

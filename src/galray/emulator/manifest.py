@@ -128,7 +128,7 @@ def prepare_output(
     if not entries:
         out.mkdir(parents=True, exist_ok=True)
         output = Output(out, out, False, identity, source, provenance=provenance)
-        output.locks.append(_lock_or_refuse(out))
+        output.locks.append(_lock_or_refuse(out, log))
         output.save()
         return output
     manifest = read_manifest(out)
@@ -137,7 +137,7 @@ def prepare_output(
             f"{out}: not empty and not a galray emulation output (no readable {MANIFEST}); "
             "emulate writes only to a new or empty directory or to its own output"
         )
-    held = _lock_or_refuse(out)  # for the whole run: no second emulate writes here meanwhile
+    held = _lock_or_refuse(out, log)  # for the whole run: no second emulate writes here meanwhile
     try:
         return _claim(out, entries, manifest, held, identity, overwrite, resume, source,
                       provenance, log)  # fmt: skip
@@ -155,7 +155,7 @@ def _claim(out, entries, manifest, held, identity, overwrite, resume, source, pr
         work = out.with_name(f".{out.name}.tmp-{os.urandom(4).hex()}")
         work.mkdir()
         output = Output(out, work, True, identity, source, provenance=provenance)
-        output.locks += [_lock_or_refuse(work), held]
+        output.locks += [_lock_or_refuse(work, log), held]
         output.save()
         return output
     if not resume:
@@ -196,21 +196,41 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
+class _NoLocks(Exception):
+    """The filesystem cannot lock this directory (e.g. NFS, where Linux emulates flock with a
+    byte-range lock that needs a descriptor open for writing, which a directory cannot have)."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"{path}: {error.strerror or error}")
+        self.path, self.error = path, error
+
+
 def _try_lock(path: Path) -> int | None:
     """An exclusive advisory lock on directory ``path`` (its open descriptor), or None if
-    another live process holds it."""
+    another live process holds it; :class:`_NoLocks` if the filesystem cannot lock it."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # EWOULDBLOCK: a live process holds it
         os.close(fd)
         return None
+    except OSError as exc:
+        os.close(fd)
+        raise _NoLocks(path, exc) from exc
     return fd
 
 
-def _lock_or_refuse(path: Path) -> int:
-    """:func:`_try_lock` of ``path``, or OutputExistsError if another run holds it."""
-    fd = _try_lock(path)
+def _lock_or_refuse(path: Path, log) -> int:
+    """:func:`_try_lock` of ``path``, or OutputExistsError if another run holds it.  Where the
+    filesystem cannot lock, an unlocked descriptor, and the user is told what that means."""
+    try:
+        fd = _try_lock(path)
+    except _NoLocks as exc:
+        log(
+            f"{path}: this filesystem cannot lock the directory ({exc.error.strerror or exc.error});"
+            " a second galray emulate of this output at the same time would not be noticed"
+        )
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     if fd is None:
         raise OutputExistsError(
             f"{path}: another galray emulate is writing here now (it holds the directory's "
@@ -240,7 +260,14 @@ def _remove_stale_staging(out: Path, log) -> None:
             continue
         if not all(_is_ours(q.name) for q in p.iterdir()):
             continue
-        lock = _try_lock(p)
+        try:
+            lock = _try_lock(p)
+        except _NoLocks:
+            log(
+                f"{p}: left alone: this filesystem cannot lock directories, so whether an "
+                "--overwrite run still writes there is unknown; remove it once none does"
+            )
+            continue
         if lock is None:
             log(f"{p}: left alone, an --overwrite run still writing there holds its lock")
             continue
