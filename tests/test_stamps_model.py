@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from galray.datasets.stamps import convolve_same, flux_of, psf_image
-from galray.errors import DataError, ModelNotFoundError
+from galray.errors import ConfigError, DataError, ModelNotFoundError
 from galray.models.stamps import StampNetConfig, StampVAE, elbo_terms, fft_convolve
 from galray.stamps.bundle import Conditions, PropertyRangeWarning, StampModel
 
@@ -62,6 +62,51 @@ def test_rotation_turns_an_elongated_profile_and_keeps_its_flux():
     assert torch.allclose(turned.sum(), bar.sum())
     assert torch.allclose(turned[0], bar[0].T, atol=1e-3 * float(bar.max()))  # a quarter turn
     assert torch.allclose(rotate(bar, torch.tensor([np.pi]))[0], bar[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("beta", [10.0, 55.0, 100.0, 150.0])
+def test_stamps_are_turned_into_the_canonical_frame_by_their_measured_angle(beta):
+    """The angle comes from the stamp (even an untrained VAE finds it), the stamp turned back
+    by it has its major axis along x, and the canonical profile turned by it is the stamp."""
+    from galray.evaluation.stamps import hsm_moments
+    from galray.models.stamps import orientation, rotate
+
+    def draw(angle):
+        gal = galsim.Exponential(half_light_radius=0.6, flux=2000.0)
+        gal = gal.shear(e=0.4, beta=angle * galsim.degrees)
+        psf = galsim.Moffat(beta=3, fwhm=0.8)
+        return galsim.Convolve(gal, psf).drawImage(nx=48, ny=48, scale=0.15).array
+
+    rng = np.random.default_rng(int(beta))
+    stamp = torch.from_numpy(draw(beta) + rng.normal(0, 2.0, (48, 48)))[None].float()
+    cfg = StampNetConfig(size=48, latent_dim=4, channels=(8, 8), hidden=16, flow_hidden=(16,))
+    torch.manual_seed(0)
+    psf = torch.from_numpy(psf_image(0.8, 48, 0.15))[None]
+    angle = StampVAE(cfg).encode(stamp, psf, torch.tensor([2000.0]), torch.zeros(1, 4))[2]
+    assert torch.allclose(angle, orientation(stamp))
+    turned = np.deg2rad(beta) + float(angle)  # angle is -beta (mod pi)
+    assert abs(np.angle(np.exp(2j * turned))) / 2 < np.deg2rad(6.0)  # S/N ~60: noise
+    back = hsm_moments(rotate(stamp, -angle, renormalise=False).numpy(), 0.15).iloc[0]
+    assert back.hsm_e1 > 0.15 and abs(back.hsm_e2) < 0.03
+    canonical = torch.from_numpy(draw(0.0))[None].float()
+    again = rotate(canonical, orientation(torch.from_numpy(draw(beta))[None].float()))[0]
+    assert float((again - torch.from_numpy(draw(beta))).abs().max()) < 0.05 * float(again.max())
+
+
+def test_untrained_decoder_light_stays_near_the_centre():
+    """With its envelope an untrained decoder draws a compact profile; without it the softmax
+    spreads the light evenly (and noise-dominated outskirts barely teach it otherwise)."""
+    from galray.models.stamps import pixel_radius
+
+    outside = pixel_radius(48) > 18.0  # beyond 2.7" at 0.15"/px: 0.4 % of the real galaxies' light
+    for envelope, low, high in ((1.0 / 12.0, 0.0, 0.06), (0.0, 0.3, 1.0)):
+        torch.manual_seed(0)
+        cfg = StampNetConfig(size=48, latent_dim=4, channels=(8, 8), hidden=16, envelope=envelope)
+        profile = StampVAE(cfg).decoder(torch.randn(8, 4), torch.zeros(8, 4)).detach()
+        far = profile[:, outside].sum(dim=1)
+        assert ((far > low) & (far < high)).all(), (envelope, far)
+    with pytest.raises(ConfigError, match=r"net\.envelope: must be >= 0"):
+        StampNetConfig(envelope=-1.0)
 
 
 def test_decoder_profiles_have_unit_flux_and_likelihood_rewards_the_truth():

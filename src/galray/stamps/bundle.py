@@ -36,7 +36,7 @@ from galray.io import load_weights_bundle, save_weights_bundle
 from galray.models.stamps import StampNetConfig, StampVAE
 
 BUNDLE_FORMAT = "galray.stamps"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: measured orientation (no angle outputs), decoder envelope (net.envelope)
 BUNDLE_META = "stamps.json"
 BUNDLE_WEIGHTS = "vae.pt"
 LOG_COLUMNS = ("hlr",)  # conditions the networks see as log10
