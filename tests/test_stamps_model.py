@@ -195,3 +195,19 @@ def test_bundle_round_trip_and_damaged_bundle(tmp_path):
     (path / "vae.pt").write_bytes(b"not a state dict")
     with pytest.raises(ModelNotFoundError, match="damaged stamp generator bundle"):
         StampModel.load(path)
+
+
+def test_sweep_grids_span_the_populations_bulk_not_its_range():
+    """A skewed condition with a long, sparse tail (z, clipped at 2) is swept between its 5th
+    and 95th percentiles, sizes evenly in log; the extremes of the range stay out."""
+    from galray.stamps.evaluate import sweep_values
+
+    rng = np.random.default_rng(0)
+    z = np.clip(2.0 * rng.beta(2.0, 4.0, 5000) * 1.2, 0.02, 2.0)
+    grid = sweep_values(z, "z", 8)
+    assert np.allclose(grid[[0, -1]], np.percentile(z, [5, 95]))
+    assert np.allclose(np.diff(grid), np.diff(grid)[0]) and grid[-1] < 1.7
+    hlr = 10 ** rng.normal(-0.3, 0.15, 5000)
+    sizes = sweep_values(hlr, "hlr", 5)
+    assert np.allclose(np.diff(np.log10(sizes)), np.diff(np.log10(sizes))[0])
+    assert sizes[0] > hlr.min() * 1.5 and sizes[-1] < hlr.max() / 1.5

@@ -12,8 +12,8 @@ Every test stamp (known properties, PSF image and noise) is matched by
   fit would learn about profiles -- drawn and observed the same way.
 
 The three sets are measured alike and compared (:func:`galray.evaluation.stamps.stamps_report`).
-Monotonicity: along a grid of each condition (5th to 95th percent of its training range; the
-others at their training mean) the same ``sweep_draws`` latent draws are decoded at every point,
+Monotonicity: along a grid of each condition (its 5th to 95th percentile over the test stamps;
+the others at their training mean) the same ``sweep_draws`` latent draws are decoded at every point,
 observed through the median PSF and noise, and the statistic the condition controls is measured
 (:data:`SWEEPS`).
 """
@@ -71,18 +71,29 @@ def sersic_baseline(props: dict[str, np.ndarray], size: int, pixel_scale: float,
     return out
 
 
-def sweep_values(model: StampModel, name: str, points: int) -> np.ndarray:
-    j = model.conditions.names.index(name)
-    lo, hi = model.conditions.low[j], model.conditions.high[j]
-    q = np.linspace(0.05, 0.95, points)
+def sweep_values(values: np.ndarray, name: str, points: int) -> np.ndarray:
+    """``points`` grid values of condition ``name`` from the 5th to the 95th percentile of
+    ``values`` (the population's; evenly spaced, in log10 for ``hlr``).  Percentiles, not the
+    range: 0.95 of ``z``'s range was 1.9, above which 1 % of the training galaxies lie (fewer at
+    the mean magnitude), and 0.05 of ``hlr``'s was 0.12", below all but a few: the sweeps
+    measured the model where it had nothing to learn from."""
+    v = np.asarray(values, np.float64)
     if name == "hlr":
-        return 10 ** (np.log10(lo) + q * (np.log10(hi) - np.log10(lo)))
-    return lo + q * (hi - lo)
+        return 10 ** np.linspace(*np.percentile(np.log10(v), [5.0, 95.0]), points)
+    return np.linspace(*np.percentile(v, [5.0, 95.0]), points)
 
 
-def run_sweeps(model: StampModel, cfg: StampEvalConfig, psf: np.ndarray, sigma: float, seed: int):
+def run_sweeps(
+    model: StampModel,
+    cfg: StampEvalConfig,
+    psf: np.ndarray,
+    sigma: float,
+    seed: int,
+    props: dict[str, np.ndarray],
+):
     """The sweeps' measurements (one row per condition, value and draw) and an image per grid
-    point (the first draw) for the plots."""
+    point (the first draw) for the plots; grids from the percentiles of ``props`` (the test
+    stamps' properties, :func:`sweep_values`)."""
     cond = model.conditions
     centre = {
         n: (10**m if n == "hlr" else m) for n, m in zip(cond.names, cond.mean)
@@ -91,7 +102,7 @@ def run_sweeps(model: StampModel, cfg: StampEvalConfig, psf: np.ndarray, sigma: 
     draws = cfg.sweep_draws
     for name in PROPERTIES:
         statistic, sign = SWEEPS[name]
-        values = sweep_values(model, name, cfg.sweep_points)
+        values = sweep_values(props[name], name, cfg.sweep_points)
         firsts = []
         for value in values:
             table = {n: np.full(draws, centre[n]) for n in cond.names}
@@ -149,7 +160,7 @@ def evaluate_model(
             f.dropna(axis=1, how="all") for f in (real_stats, gen_stats, base_stats)
         )
     median_fwhm_psf = psf[np.argsort(np.abs(psf.max((1, 2)) - np.median(psf.max((1, 2)))))[0]]
-    sweeps, grid = run_sweeps(model, cfg, median_fwhm_psf, float(np.median(sigma)), seed)
+    sweeps, grid = run_sweeps(model, cfg, median_fwhm_psf, float(np.median(sigma)), seed, props)
     extra = real_trends(props, real_stats)
     if estimator is not None:
         extra |= _judge(estimator, test["stamp"], generated, psf, sigma, props, out_dir, log)
