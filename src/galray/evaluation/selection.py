@@ -147,6 +147,9 @@ def selection_summary(
         "selected_fraction_err": err,
         "selected_fraction_z": (p_emu - p_ref) / err if err > 0 else math.nan,
         "selection_max_abs_diff": _nanmax(used["diff"].abs()),
+        # how large a difference the data demand: a bin of few rows can show |diff| = 0.03 by
+        # chance alone, so "every bin within t" is refuted only where |diff| - 2 err > t
+        "selection_min_abs_diff_2sigma": _nanmax(used["diff"].abs() - 2.0 * used["diff_err"]),
         "selection_max_z": _nanmax(used["z"].abs()),
         "selection_bins_used": len(used),
     }
