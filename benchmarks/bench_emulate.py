@@ -25,6 +25,22 @@ the same run)::
     end to end (galray emulate)       389,141 rows/s     298,201 rows/s     164,366 rows/s
     end to end / roofline                0.48               0.28               0.25
 
+Later the same day (after the flow's one-evaluation-per-unit inverse and bfloat16 hidden layers,
+``--precision auto``, for the detection MLP and the GAN; same machine, other jobs running, each
+run under ``chrt -f 10``)::
+
+                                  GAN (MLP 128x3)    flow (defaults)
+    roofline (read->numpy->write)   1,119,629 rows/s   1,203,955 rows/s
+    model only (Emulator.sample)      833,103 rows/s     516,506 rows/s
+    end to end (galray emulate)       566,386 rows/s     404,890 rows/s
+    end to end / roofline                0.51               0.34
+
+The flow's end to end rate rose 1.36x (298,201 -> 404,890 rows/s; model only 1.49x).  What is
+left per 200k-row shard on one core (cProfile): the flow's splines ~25 % and its networks ~20 %
+(on the ~47 % of rows detected), the detection MLP ~15 %, the Parquet write with its checksums
+~25 %; the 0.5 the issue asks for needs about half of all of it gone, which on this CPU means a
+fused spline kernel (or a GPU, where the CPU side alone sets the pace, as for the GAN).
+
 2026-11-24, same machine, quiet: GAN 654,537 rows/s end to end (0.58), flow 216,318 (0.17).
 The flow now samples through galray's own spline inverse (3-4x zuko's per CPU-second,
 ``bench_flow_sample.py``): 1.4x end to end.  It stays arithmetic-bound on a CPU: per 500k-row
