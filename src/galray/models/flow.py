@@ -254,13 +254,13 @@ def _invert_masked_spline(t, y: torch.Tensor, cond: torch.Tensor) -> torch.Tenso
             ws, b, act = layer[p]
             if b.numel():
                 units[i][p] = act(_linear(b, ws, [inputs] if i == 0 else units[i - 1]))
-        sel, ws, b = outputs[p]
+        sel, ws, bias = outputs[p]
         if sel.numel() == 0:
             continue
-        params = _linear(b, ws, units[-1])  # [B, len(sel) * total], kind-major
-        n, ((_, k), _, (a, b)) = len(sel), _kinds(t)
+        params = _linear(bias, ws, units[-1])  # [B, len(sel) * total], kind-major
+        n, ((_, k), _, (lo, hi)) = len(sel), _kinds(t)
         wh = params[:, : 2 * n * k].view(-1, 2, n, k)
-        derivs = params[:, a * n : b * n].view(-1, n, b - a)
+        derivs = params[:, lo * n : hi * n].view(-1, n, hi - lo)
         x[:, sel] = _rqs_inverse(y[:, sel], wh, derivs)
     return x.clone()
 
