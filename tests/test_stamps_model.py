@@ -211,3 +211,19 @@ def test_sweep_grids_span_the_populations_bulk_not_its_range():
     sizes = sweep_values(hlr, "hlr", 5)
     assert np.allclose(np.diff(np.log10(sizes)), np.diff(np.log10(sizes))[0])
     assert sizes[0] > hlr.min() * 1.5 and sizes[-1] < hlr.max() / 1.5
+
+
+def test_ks_noise_floor_is_what_samples_of_one_distribution_exceed_one_time_in_twenty():
+    from galray.evaluation.stamps import ks_noise_floor, ks_statistics
+
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"a": rng.normal(size=50), "b": np.r_[rng.normal(size=8), [np.nan] * 42]})
+    floor = ks_noise_floor(real, real.assign(a=rng.normal(size=50)))
+    assert floor["a"] == pytest.approx(0.272, abs=0.001) and np.isnan(floor["b"])
+    big = pd.DataFrame({"a": rng.normal(size=300)})
+    assert ks_noise_floor(big, big)["a"] == pytest.approx(0.111, abs=0.001)
+    draws = [
+        ks_statistics(pd.DataFrame({"a": rng.normal(size=50)}), real[["a"]])["a"]
+        for _ in range(400)
+    ]
+    assert 0.01 < np.mean(np.array(draws) > floor["a"]) < 0.1

@@ -12,7 +12,8 @@ Statistics measured on every stamp (:func:`measure`):
   statmorph takes about a second per stamp, so it runs on at most ``morphology_rows`` rows.
 
 The report (:func:`stamps_report`): per statistic the KS D between generated and real (and
-between a single-Sersic baseline and real), the median magnitude bias and HSM size ratio, a
+between a single-Sersic baseline and real) beside the D chance alone reaches at those sample
+sizes (:func:`ks_noise_floor`), the median magnitude bias and HSM size ratio, a
 classifier two-sample test on the vector of statistics (:func:`classifier_auc`) for the generator
 and for the baseline, and the monotonicity table of the condition sweeps (:func:`monotonicity`).
 """
@@ -118,6 +119,19 @@ def ks_statistics(real: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def ks_noise_floor(real: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
+    """Per statistic, the KS D that two samples of the *same* distribution exceed 5 % of the
+    time at these sample sizes (finite values; asymptotic, ``1.358 sqrt((n + m) / (n m))``; NaN
+    as in :func:`ks_statistics`): the reach of the ``KS D <= 0.1`` target.  statmorph on 50
+    stamps of each kind gives 0.27 (a perfect generator's median D: 0.16); on 300, 0.11."""
+    out = {}
+    for col in real.columns:
+        n = int(np.isfinite(real[col].to_numpy()).sum())
+        m = int(np.isfinite(other[col].to_numpy()).sum())
+        out[col] = 1.358 * math.sqrt((n + m) / (n * m)) if min(n, m) >= 10 else math.nan
+    return out
+
+
 def classifier_auc(real: pd.DataFrame, other: pd.DataFrame, seed: int = 0) -> tuple[float, float]:
     """Held-out ROC AUC of a gradient-boosted classifier telling ``other`` (1) from ``real``
     (0) by their statistics, and its bootstrap error (0.5: indistinguishable).
@@ -185,6 +199,8 @@ def _summary(real: pd.DataFrame, gen: pd.DataFrame, prefix: str, seed: int) -> d
     ks = ks_statistics(real, gen)
     out |= {f"{prefix}ks_{k}": v for k, v in ks.items()}
     out[f"{prefix}ks_max"] = float(np.nanmax(list(ks.values())))
+    floor = ks_noise_floor(real, gen)
+    out |= {f"{prefix}ks_floor95_{k}": v for k, v in floor.items()}
     out[f"{prefix}mag_bias_median"] = float(np.nanmedian(gen["mag"] - real["mag"]))
     out[f"{prefix}hsm_size_ratio_median"] = float(
         np.nanmedian(gen["hsm_sigma"] / real["hsm_sigma"])
@@ -208,7 +224,8 @@ def stamps_report(
     """The report of the module docstring: ``report.json``, ``statistics.csv`` (every stamp's
     statistics, by ``source``), ``monotonicity.csv``, ``sweeps.csv`` and plots in ``out_dir``.
 
-    Keys: ``n_rows``; for the generator ``ks_<stat>``, ``ks_max``, ``mag_bias_median``,
+    Keys: ``n_rows``; for the generator ``ks_<stat>``, ``ks_max``, ``ks_floor95_<stat>``
+    (:func:`ks_noise_floor`), ``mag_bias_median``,
     ``hsm_size_ratio_median``, ``c2st_auc``, ``c2st_auc_err``; the same with ``baseline_``
     for the single-Sersic baseline; ``monotonic_rho_<condition>``, ``monotonic_rho_min``;
     ``beats_baseline`` (generator AUC below the baseline's); and ``extra``'s keys."""
