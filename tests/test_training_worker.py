@@ -152,3 +152,44 @@ def test_epoch_logger_takes_the_client_opened_in_the_background(tmp_path):
     with pytest.raises(Exception, match="nosuchscheme"):
         worker.MlflowEpochLogger(bad)
     assert "nosuchscheme://x" not in worker._OPENING  # the next logger tries again
+
+
+def test_a_long_epoch_says_which_batch_rank_0_is_on(reports, monkeypatch):
+    """Within an epoch longer than BATCH_LINE_EVERY_S rank 0 prints which batch it is on, and
+    the driver's epoch progress (galray.console) turns that line into its batch display."""
+    import io
+    import sys
+
+    from galray import console
+
+    monkeypatch.setattr(worker, "BATCH_LINE_EVERY_S", 0.0)  # every batch counts as long
+    for rank in (1, 0):
+        worker.run_epochs(
+            _cfg(epochs=1),
+            worker.WorkerContext(rank=rank, world=2, device=torch.device("cpu")),
+            FakeState(),
+            {},
+            {},
+            plan=lambda epoch, order: ((lambda k: None), 3, 30),
+            rate="items_per_second",
+            validate=lambda epoch: {},
+            line=lambda metrics, epoch, seconds: f"[galray] epoch {epoch}/1",
+        )
+    batches = ["[galray] batch 1/3 of epoch 1/1", "[galray] batch 2/3 of epoch 1/1"]
+    assert reports.printed == [*batches, "[galray] epoch 1/1"]  # rank 1 printed nothing
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    now = [100.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    with console.epoch_progress(1):
+        for line in batches:  # 10 s apart, as the workers' forwarded output brings them
+            console._worker_output({"pid": 7, "lines": [line]})
+            now[0] += 10.0
+        now[0] += 30.0
+        console._worker_output({"pid": 7, "lines": ["[galray] batch 3/4 of epoch 1/1"]})
+    # piped: a line at once, then none until 30 s have passed
+    assert buf.getvalue().splitlines() == [
+        "epoch 1/1: batch 1/3 (33 %)",
+        "epoch 1/1: batch 3/4 (75 %)",
+    ]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 EPOCH_LINE = re.compile(r"\[galray\] (epoch (\d+)/(\d+).*)$")
+BATCH_LINE = re.compile(r"\[galray\] batch (\d+)/(\d+) of epoch (\d+)/(\d+)$")
 # never shown: Ray's token-auth notice advises turning authentication off
 HIDDEN = ("RAY_AUTH_MODE=disabled",)
 # loggers that configure their own console handlers when imported
@@ -237,6 +238,9 @@ def _worker_output(data: dict) -> None:
         match = EPOCH_LINE.search(line)
         if match and _state.epochs is not None:
             _state.epochs.epoch(int(match.group(2)), int(match.group(3)), match.group(1))
+        match = BATCH_LINE.search(line)
+        if match and _state.epochs is not None:
+            _state.epochs.batch(*(int(g) for g in match.groups()))
         if not _state.verbose:
             _worker_logger.info("%s%s", prefix, line)
 
@@ -361,6 +365,7 @@ class EpochProgress:
         self.first: int | None = None
         self._first_t = self.t0
         self._last_epoch = 0
+        self._quiet = True  # nothing printed yet
         self._lock = threading.Lock()
         if is_tty(sys.stderr) and is_tty():
             from tqdm import tqdm
@@ -393,8 +398,21 @@ class EpochProgress:
                 or now - self._last_t >= PLAIN_EVERY_S
                 or self._last_epoch == 0
             ):
-                self._last_epoch, self._last_t = n, now
+                self._last_epoch, self._last_t, self._quiet = n, now, False
                 print(text + tail, flush=True)
+
+    def batch(self, k: int, n: int, epoch: int, total: int) -> None:
+        """Rank 0 is on batch ``k`` of ``n`` of a long epoch: on a terminal the bar says so;
+        piped, a plain line at most every 30 s."""
+        with self._lock:
+            text = f"epoch {epoch}/{total}: batch {k:,}/{n:,} ({100 * k // n} %)"
+            if self.bar is not None:
+                self.bar.set_postfix_str(text, refresh=True)
+                return
+            now = time.monotonic()
+            if now - self._last_t >= PLAIN_EVERY_S or self._quiet:  # the first line at once
+                self._last_t, self._quiet = now, False
+                print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

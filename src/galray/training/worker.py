@@ -258,6 +258,9 @@ class MlflowEpochLogger:
             self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
 
+BATCH_LINE_EVERY_S = 10.0  # within an epoch longer than this, rank 0 says which batch it is on
+
+
 def worker_print(line: str) -> None:
     """One progress line from a Train worker to the job's console, once.  Ray Train patches
     ``print`` in its workers to go through the root logger *and*, because the worker's
@@ -327,10 +330,14 @@ def run_epochs(
         state.set_lr_scale(clock.lr_scale(epoch, cfg.optim.warmdown))
         t0 = time.perf_counter()
         step, n, items = plan(epoch, order)
+        shown = t0
         for k in range(n):
             if k == n // 2:
                 maybe_fail(cfg, epoch, rank, world)
             step(k)
+            if rank == 0 and time.perf_counter() - shown >= BATCH_LINE_EVERY_S and k + 1 < n:
+                shown = time.perf_counter()  # a long epoch: the driver shows how far it is
+                worker_print(f"[galray] batch {k + 1}/{n} of epoch {epoch}/{cfg.epochs}")
         metrics = state.pop_metrics()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
         if rank == 0 and epoch == clock.start:
