@@ -12,14 +12,11 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulator.bundle import Emulator
 from galray.emulator.emulate import EmulateConfig, emulate, plan_shards
-from galray.emulator.features import EmulatorFeatures
 from galray.errors import DataError, ModelNotFoundError, OutputExistsError
-from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from tiny_emulator import untrained_emulator
 
 pytestmark = pytest.mark.ray
 
@@ -29,25 +26,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("emulate")
     cfg = SurveyConfig(n_injections=20_000, n_deep=6_000, nside=32, seed=2, write_fits_maps=False)
     simulate_survey(root / "survey", cfg, log=lambda *_: None)
-    inj = pq.read_table(root / "survey" / "injections").to_pandas()
-    cond = (
-        pq.read_table(root / "survey" / "maps" / "conditions.parquet")
-        .to_pandas()
-        .set_index("pixel")
-    )
-    for c in cond.columns:
-        inj[c] = cond[c].reindex(inj.pixel).to_numpy()
-    features = EmulatorFeatures.fit({c: inj[c].to_numpy() for c in inj.columns})
-    net = NetConfig(width=16, depth=1, noise_dim=3, detection_width=8, detection_depth=1)
-    torch.manual_seed(0)
-    emulator = Emulator(
-        ConditionalGenerator(features.n_cond, 3, net),
-        DetectionModel(features.n_cond, net),
-        features,
-        net,
-        {"maps": {"nside": 32, "ordering": "RING"}},
-    )
-    model = emulator.save(root / "model")
+    model = untrained_emulator(root / "survey", nside=32).save(root / "model")
     return root, model
 
 

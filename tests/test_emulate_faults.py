@@ -20,16 +20,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from galray.cli import main as cli_main
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulator.bundle import Emulator
 from galray.emulator.emulate import FAULT_ENV, EmulateConfig, InjectedKill, emulate
-from galray.emulator.features import EmulatorFeatures
 from galray.emulator.manifest import MANIFEST, check_shard, prepare_output
 from galray.errors import DataError, OutputError, OutputExistsError
-from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from galray.models.emulator import NetConfig
+from tiny_emulator import untrained_emulator
 
 pytestmark = pytest.mark.ray
 N_DEEP, CHUNK = 1200, 300  # 4 shards per realization
@@ -40,22 +38,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     cfg = SurveyConfig(n_injections=4000, n_deep=N_DEEP, nside=32, seed=3, write_fits_maps=False)
     simulate_survey(root / "survey", cfg, log=lambda *_: None)
-    inj = pq.read_table(root / "survey" / "injections").to_pandas()
-    cond = pq.read_table(root / "survey" / "maps" / "conditions.parquet").to_pandas()
-    cond = cond.set_index("pixel")
-    for c in cond.columns:
-        inj[c] = cond[c].reindex(inj.pixel).to_numpy()
-    features = EmulatorFeatures.fit({c: inj[c].to_numpy() for c in inj.columns})
     net = NetConfig(width=8, depth=1, noise_dim=2, detection_width=8, detection_depth=1)
-    torch.manual_seed(0)
-    emulator = Emulator(
-        ConditionalGenerator(features.n_cond, 3, net),
-        DetectionModel(features.n_cond, net),
-        features,
-        net,
-        {"maps": {"nside": 32, "ordering": "RING"}},
-    )
-    return root, emulator.save(root / "model")
+    return root, untrained_emulator(root / "survey", nside=32, net=net).save(root / "model")
 
 
 def _cfg(setup, out, **kw) -> EmulateConfig:

@@ -14,14 +14,11 @@ import textwrap
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from galray.datasets.reader import TrainingCatalog
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulator.bundle import Emulator
-from galray.emulator.features import EmulatorFeatures
 from galray.emulator.spec import evaluate_on_split
-from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from tiny_emulator import untrained_emulator
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +31,7 @@ def survey(tmp_path_factory):
     table = pq.read_table(root / "survey" / "injections")  # keeps the HEALPix metadata
     (root / "grouped").mkdir()
     pq.write_table(table, root / "grouped" / "part-00000.parquet", row_group_size=500)
-    cond = pq.read_table(root / "survey" / "maps" / "conditions.parquet").to_pandas()
-    inj = table.to_pandas().merge(cond, on="pixel")
-    features = EmulatorFeatures.fit({c: inj[c].to_numpy() for c in inj.columns})
-    net = NetConfig(width=16, depth=1, noise_dim=3, detection_width=8, detection_depth=1)
-    torch.manual_seed(0)
-    emulator = Emulator(
-        ConditionalGenerator(features.n_cond, 3, net),
-        DetectionModel(features.n_cond, net),
-        features,
-        net,
-        {"maps": {"nside": 16, "ordering": "RING"}},
-    )
+    emulator = untrained_emulator(root / "survey", nside=16)
     return {"root": root, "bundle": emulator.save(root / "emulator"), "emulator": emulator}
 
 

@@ -11,20 +11,16 @@ import subprocess
 
 import mlflow
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import torch
 from astropy.io import fits
 from mlflow.tracking import MlflowClient
 
 import galray
 from galray.cli import main
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulator.bundle import Emulator
 from galray.emulator.emulate import EmulateConfig, emulate
-from galray.emulator.features import EmulatorFeatures
 from galray.emulator.manifest import MANIFEST
-from galray.models.emulator import ConditionalGenerator, DetectionModel, NetConfig
+from tiny_emulator import untrained_emulator
 
 pytestmark = pytest.mark.ray
 
@@ -39,20 +35,8 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("provenance")
     cfg = SurveyConfig(n_injections=6000, n_deep=800, nside=16, seed=3, write_fits_maps=False)
     simulate_survey(root / "survey", cfg, log=lambda *_: None)
-    inj = pq.read_table(root / "survey" / "injections").to_pandas()
-    cond = pq.read_table(root / "survey" / "maps" / "conditions.parquet").to_pandas()
-    inj = inj.merge(cond, on="pixel")
-    features = EmulatorFeatures.fit({c: inj[c].to_numpy() for c in inj.columns})
-    net = NetConfig(width=16, depth=1, noise_dim=3, detection_width=8, detection_depth=1)
-    torch.manual_seed(0)
-    emulator = Emulator(
-        ConditionalGenerator(features.n_cond, 3, net),
-        DetectionModel(features.n_cond, net),
-        features,
-        net,
-        {"maps": {"nside": 16, "ordering": "RING"}, "run_id": "local-training-run"},
-    )
-    bundle = emulator.save(root / "emulator")
+    info = {"run_id": "local-training-run"}
+    bundle = untrained_emulator(root / "survey", nside=16, info=info).save(root / "emulator")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")  # over one an earlier test set
