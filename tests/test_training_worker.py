@@ -193,3 +193,29 @@ def test_a_long_epoch_says_which_batch_rank_0_is_on(reports, monkeypatch):
         "epoch 1/1: batch 1/3 (33 %)",
         "epoch 1/1: batch 3/4 (75 %)",
     ]
+
+
+def test_batch_lines_never_hide_a_long_epochs_line(monkeypatch):
+    """100 s epochs of 100, batch lines every 10 s: each epoch's own line (its metrics) is
+    printed, whatever the batch lines' clock says."""
+    import io
+    import sys
+
+    from galray import console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    now = [0.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    with console.epoch_progress(100) as bar:
+        for epoch in range(1, 6):
+            for k in range(1, 10):
+                now[0] += 10.0
+                bar.batch(k * 10, 100, epoch, 100)
+            now[0] += 10.0
+            bar.epoch(epoch, 100, f"epoch {epoch}/100  loss=1")
+    lines = buf.getvalue().splitlines()
+    epochs = [line for line in lines if "loss=1" in line]
+    assert [line.split()[1] for line in epochs] == [f"{e}/100" for e in range(1, 6)]
+    batches = [line for line in lines if ": batch " in line]
+    assert 5 <= len(batches) <= 20  # about every 30 s, not every 10 s

@@ -365,7 +365,8 @@ class EpochProgress:
         self.first: int | None = None
         self._first_t = self.t0
         self._last_epoch = 0
-        self._quiet = True  # nothing printed yet
+        self._batch_t: float | None = None  # when a batch line was last printed
+        self._batch_shown = False  # a batch line since the last epoch line
         self._lock = threading.Lock()
         if is_tty(sys.stderr) and is_tty():
             from tqdm import tqdm
@@ -389,6 +390,7 @@ class EpochProgress:
             if self.bar is not None:
                 self.bar.total = total
                 self.bar.update(n - self.bar.n)
+                self.bar.set_postfix_str("", refresh=False)  # the epoch's batches are done
                 self.bar.write(text)
                 return
             step = max(1, round(PLAIN_EVERY_FRACTION * total))
@@ -397,21 +399,23 @@ class EpochProgress:
                 or n - self._last_epoch >= step
                 or now - self._last_t >= PLAIN_EVERY_S
                 or self._last_epoch == 0
+                or self._batch_shown  # a long epoch: its batches were shown, so is its end
             ):
-                self._last_epoch, self._last_t, self._quiet = n, now, False
+                self._last_epoch, self._last_t, self._batch_shown = n, now, False
                 print(text + tail, flush=True)
 
     def batch(self, k: int, n: int, epoch: int, total: int) -> None:
-        """Rank 0 is on batch ``k`` of ``n`` of a long epoch: on a terminal the bar says so;
-        piped, a plain line at most every 30 s."""
+        """Rank 0 is on batch ``k`` of ``n`` of a long epoch: on a terminal the bar says so
+        (until the epoch's line comes); piped, a plain line at once and then at most every 30 s
+        (on a clock of their own: the epoch lines, which carry the metrics, keep theirs)."""
         with self._lock:
             text = f"epoch {epoch}/{total}: batch {k:,}/{n:,} ({100 * k // n} %)"
             if self.bar is not None:
                 self.bar.set_postfix_str(text, refresh=True)
                 return
             now = time.monotonic()
-            if now - self._last_t >= PLAIN_EVERY_S or self._quiet:  # the first line at once
-                self._last_t, self._quiet = now, False
+            if self._batch_t is None or now - self._batch_t >= PLAIN_EVERY_S:
+                self._batch_t, self._batch_shown = now, True
                 print(text, flush=True)
 
     def close(self) -> None:
