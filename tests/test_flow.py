@@ -198,3 +198,24 @@ def test_flow_emulator_bundle_round_trip(tmp_path):
 def test_flow_config_errors_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(EmulatorTrainConfig, None, ["data.survey=x", override])
+
+
+def test_fast_sampling_follows_parameter_updates_and_runs_in_inference_mode():
+    """The inverse's cached weight blocks are rebuilt after an optimiser step (sampling after
+    it is zuko's inverse of the *new* flow), and a flow built under inference mode samples."""
+    torch.manual_seed(2)
+    flow = ConditionalFlow(4, 3, FlowConfig(transforms=2, bins=4, width=16))
+    z, cond = torch.randn(500, 3), torch.randn(500, 4)
+    clip = lambda y: y / (1 + y.abs() / TAIL_BOUND)  # noqa: E731
+    with torch.no_grad():
+        before = flow(z, cond)
+    opt = torch.optim.SGD(flow.parameters(), lr=0.5)
+    (-flow.log_prob(torch.randn(500, 3), cond).mean()).backward()
+    opt.step()
+    with torch.no_grad():
+        after, ref = flow(z, cond), flow.reference_sample(z, cond)
+    assert float((clip(after) - clip(before)).abs().max()) > 1e-3
+    torch.testing.assert_close(clip(after), clip(ref), atol=1e-4, rtol=0)
+    with torch.inference_mode():
+        built = ConditionalFlow(4, 3, FlowConfig(transforms=2, bins=4, width=16))
+        assert built(z, cond).shape == (500, 3)

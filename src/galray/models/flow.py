@@ -37,6 +37,7 @@ from torch import nn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 
 from galray.config import require
+from galray.models.precision import version_key
 
 FLOW_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 TAIL_BOUND = 5.0  # the splines' domain is [-5, 5]: the soft clip maps the data into it
@@ -160,6 +161,11 @@ class ConditionalFlow(nn.Module):
 # tests/test_flow.py checks it against zuko's inverse and forward; benchmarks/
 # bench_flow_sample.py times it against zuko's.
 
+# A plan is rebuilt when a parameter's storage or version counter changes
+# (:func:`galray.models.precision.version_key`): an optimiser step, an EMA update,
+# load_state_dict and .to() all do that; writing through ``p.data`` does not, so code that edits
+# weights that way must build a new flow.  The inverse runs on detached weights:
+# sampling is not differentiable with respect to the parameters (training uses log_prob).
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -182,8 +188,7 @@ def _plan(t) -> tuple[list, list]:
     unchanged): per hidden layer and pass ``p``, the bias and activation of the class-``p`` units
     and their weights against each class of the layer below (the first layer: against all
     inputs); per pass, the features it inverts and the output layer's blocks for them."""
-    params = list(t.parameters())
-    key = tuple((q.data_ptr(), q._version) for q in params)
+    key = tuple(version_key(q) for q in t.parameters())
     cached = _PLANS.get(t)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -50,17 +50,26 @@ def resolve(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
-def cast(tensor: torch.Tensor, dtype: torch.dtype, owner: nn.Module | None = None) -> torch.Tensor:
-    """``tensor`` (a parameter) in ``dtype``; copies are kept while the parameter is unchanged."""
-    if tensor.dtype == dtype:
-        return tensor
-    key = (tensor.data_ptr(), tensor._version, dtype)
-    store = _COPIES.setdefault(owner if owner is not None else tensor, {})
-    hit = store.get(id(tensor))
-    if hit is None or hit[0] != key:
-        hit = (key, tensor.detach().to(dtype))
-        store[id(tensor)] = hit
-    return hit[1]
+def version_key(q: torch.Tensor) -> tuple[int, int]:
+    """What identifies ``q``'s current values: its storage and in-place version counter (an
+    optimiser step, an EMA update, ``load_state_dict`` and ``.to()`` change one of them; writing
+    through ``q.data`` does not).  An inference tensor has no version counter and cannot be
+    changed in place outside inference mode."""
+    return q.data_ptr(), (-1 if q.is_inference() else q._version)
+
+
+def cast(param: torch.Tensor, dtype: torch.dtype, owner: nn.Module) -> torch.Tensor:
+    """``param`` (a parameter of ``owner``) in ``dtype``; the copy is kept while the parameter
+    is the same tensor with the same values (:func:`version_key`)."""
+    if param.dtype == dtype:
+        return param
+    store = _COPIES.setdefault(owner, {})
+    hit = store.get((id(param), dtype))
+    key = version_key(param)
+    if hit is None or hit[0]() is not param or hit[1] != key:
+        hit = (weakref.ref(param), key, param.detach().to(dtype))
+        store[(id(param), dtype)] = hit
+    return hit[2]
 
 
 def mlp_forward(net: nn.Sequential, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
