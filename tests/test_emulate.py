@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from galray.datasets.simulate import SurveyConfig, simulate_survey
-from galray.emulator.emulate import EmulateConfig, emulate, plan_shards
+from galray.emulator.emulate import MANIFEST, EmulateConfig, emulate, plan_shards
 from galray.errors import DataError, ModelNotFoundError, OutputExistsError
 from tiny_emulator import untrained_emulator
 
@@ -119,9 +119,12 @@ def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_session):
             _cfg(setup, out, realizations=6, chunk_rows=500, seed=8, resume=True),
             log=lambda *_: None,
         )
-    with pytest.raises(OutputExistsError, match="precision was 'auto', now 'float32'"):
+    recorded = json.loads((out / MANIFEST).read_text())["identity"]["precision"]
+    assert recorded in ("fp32", "bf16")  # auto, resolved on the driver
+    other = "fp32" if recorded == "bf16" else "bf16"
+    with pytest.raises(OutputExistsError, match=f"precision was '{recorded}', now '{other}'"):
         emulate(
-            _cfg(setup, out, realizations=6, chunk_rows=500, precision="float32", resume=True),
+            _cfg(setup, out, realizations=6, chunk_rows=500, precision=other, resume=True),
             log=lambda *_: None,
         )
     summary = emulate(

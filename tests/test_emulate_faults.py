@@ -202,10 +202,29 @@ def test_a_filesystem_without_directory_locks_is_used_not_refused(reference, tmp
     resumed = prepare_output(out, identity, overwrite=False, resume=True, log=lines.append)
     assert any("cannot lock the directory" in line for line in lines)
     assert dead.work.is_dir() and any("left alone" in line for line in lines)
-    fresh = prepare_output(tmp_path / "new", identity, overwrite=False, resume=False, log=print)
+    said: list[str] = []
+    fresh = prepare_output(
+        tmp_path / "new", identity, overwrite=False, resume=False, log=said.append
+    )
     assert (tmp_path / "new" / MANIFEST).is_file()
+    assert any("cannot lock the directory" in line for line in said)
     for run in (resumed, fresh):
         run.release()
+
+
+def test_a_run_from_before_precision_was_recorded_resumes_as_fp32(reference, tmp_path):
+    """Runs emulated before the precision was part of a run's identity were float32: they
+    resume with fp32, and another precision is refused with the option that finishes them."""
+    out = _copy(reference, tmp_path)
+    manifest = json.loads((out / MANIFEST).read_text())
+    identity = manifest["identity"]
+    del manifest["identity"]["precision"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(
+        OutputExistsError, match="precision was 'fp32', now 'bf16'; pass --precision fp32"
+    ):
+        prepare_output(out, {**identity, "precision": "bf16"}, overwrite=False, resume=True)
+    prepare_output(out, {**identity, "precision": "fp32"}, overwrite=False, resume=True).release()
 
 
 # --------------------------------------------------------------------------- resume

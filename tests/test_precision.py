@@ -42,8 +42,8 @@ def test_bfloat16_rounds_only_between_hidden_layers():
 def test_resolve_names_the_field_and_keeps_float32_off_cpu():
     with pytest.raises(ConfigError, match="precision"):
         resolve("half", torch.device("cpu"))
-    assert resolve("float32", torch.device("cpu")) == torch.float32
-    assert resolve("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve("fp32", torch.device("cpu")) == torch.float32
+    assert resolve("bf16", torch.device("cpu")) == torch.bfloat16
     assert resolve("auto", torch.device("meta")) == torch.float32
 
 
@@ -60,12 +60,12 @@ def test_emulator_output_barely_moves_in_bfloat16(kind):
         DetectionModel(features.n_cond, net),
     )
     out = {}
-    for precision in ("float32", "bfloat16"):
+    for precision in ("fp32", "bf16"):
         emulator = Emulator(generator, detection, features, net, flow=flow, precision=precision)
         out[precision] = emulator.sample({c: rows[c] for c in emulator.input_columns}, seed=4)
         again = emulator.sample({c: rows[c] for c in emulator.input_columns}, seed=4)
         assert np.array_equal(again["p_detected"], out[precision]["p_detected"])  # deterministic
-    a, b = out["float32"], out["bfloat16"]
+    a, b = out["fp32"], out["bf16"]
     dp = np.abs(a["p_detected"] - b["p_detected"])
     assert 0 < dp.max() < 0.01
     assert (a["detected"] != b["detected"]).mean() < 0.005
@@ -77,3 +77,10 @@ def test_emulator_output_barely_moves_in_bfloat16(kind):
         assert np.array_equal(flux[0], flux[1])
     with pytest.raises(ConfigError, match="precision"):
         Emulator(generator, detection, features, net, flow=flow, precision="fp8")
+
+
+def test_the_cli_offers_exactly_the_precisions():
+    from galray.commands.emulate import PRECISION_CHOICES
+    from galray.models.precision import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS

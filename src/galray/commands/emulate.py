@@ -6,6 +6,9 @@ import argparse
 
 from galray.commands.common import add_deprecated, add_model, add_output, command
 
+# galray.models.precision.PRECISIONS, spelled out: importing it would import torch for --help
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
 
 def register(sub, groups) -> None:
     p = command(sub, "emulate", _emulate)
@@ -32,10 +35,12 @@ def register(sub, groups) -> None:
     p.add_argument("--workers", type=int, help="actors (default: GPUs, else CPUs)")
     p.add_argument(
         "--precision",
-        choices=("auto", "float32", "bfloat16"),
+        choices=PRECISION_CHOICES,
         default="auto",
-        help="hidden-layer arithmetic: bfloat16 where a CPU multiplies it natively (auto), or "
-        "fixed; inputs, outputs and the flow's splines are always float32",
+        help="the networks' hidden-layer arithmetic: auto is bf16 if this machine's CPU "
+        "multiplies it natively (AVX512-BF16, AMX), else fp32 -- so it depends on the hardware; "
+        "resolved once, recorded, and a --resume must match it; fp32 gives the same output "
+        "anywhere. Inputs, outputs and the flow's splines are always float32",
     )
     p.add_argument(
         "--resume",

@@ -114,7 +114,7 @@ class Emulator:
 
     @property
     def dtype(self) -> torch.dtype:
-        """What :attr:`precision` (``auto``, ``float32`` or ``bfloat16``) means on this device:
+        """What :attr:`precision` (``auto``, ``fp32`` or ``bf16``) means on this device:
         the dtype of the networks' hidden-to-hidden products when sampling
         (:mod:`galray.models.precision`; the flow's splines are always float32)."""
         return precision_module.resolve(self.precision, self.device)

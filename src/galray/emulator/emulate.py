@@ -39,6 +39,7 @@ import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from galray.config import require
 from galray.datasets.conditions import ConditionMap, read_condition_map
@@ -47,7 +48,7 @@ from galray.emulator.manifest import MANIFEST, Output, prepare_output, verify_sh
 from galray.emulator.model_source import bundle_files, resolve_model, write_bundle
 from galray.errors import GalrayError, OutputError
 from galray.io import atomic_path
-from galray.models.precision import PRECISIONS
+from galray.models.precision import PRECISIONS, resolve_name
 
 __all__ = ["MANIFEST", "PARQUET_WRITE", "EmulateConfig", "emulate", "plan_shards"]
 
@@ -74,9 +75,10 @@ class EmulateConfig:
     random positions.  seed: every random draw (the output is deterministic for a seed).
     chunk_rows: deep rows (or positions) per shard.  workers: actors (default:
     one per GPU, else one per CPU).  precision: the networks' hidden-layer arithmetic
-    (:mod:`galray.models.precision`: ``auto`` -- bfloat16 on CPUs that multiply it natively,
-    each worker deciding for itself -- ``float32`` or ``bfloat16``; ``float32`` gives the same
-    output on any hardware).  overwrite: replace the emulation in ``out`` once the new run
+    (:mod:`galray.models.precision`): ``auto`` -- ``bf16`` if the driver's CPU multiplies
+    bfloat16 natively, else ``fp32``, resolved once and recorded, so every worker uses the same
+    and a resume must resolve to it too -- ``fp32`` or ``bf16``; ``fp32`` gives the same output
+    on any hardware.  overwrite: replace the emulation in ``out`` once the new run
     completes.  resume: finish an interrupted run in ``out`` (its shards checked, damaged ones
     redone).
     """
@@ -280,8 +282,9 @@ def plan_shards(n_rows: int, realizations: int, chunk_rows: int) -> list[Shard]:
     ]
 
 
-def _identity(cfg: EmulateConfig, model: str, n_rows: int) -> dict:
-    """What a run's output depends on; a resumed run must match it exactly."""
+def _identity(cfg: EmulateConfig, model: str, n_rows: int, precision: str) -> dict:
+    """What a run's output depends on; a resumed run must match it exactly.  ``precision``:
+    resolved (``fp32`` or ``bf16``); runs from before it was recorded were ``fp32``."""
     return {
         "model": model,
         "deep": str(Path(cfg.deep).resolve()),
@@ -291,7 +294,7 @@ def _identity(cfg: EmulateConfig, model: str, n_rows: int) -> dict:
         "seed": cfg.seed,
         "chunk_rows": cfg.chunk_rows,
         "rows_per_realization": n_rows,
-        "precision": cfg.precision,
+        "precision": precision,
     }
 
 
@@ -327,7 +330,8 @@ def emulate(cfg: EmulateConfig, *, log=print, progress: bool = True) -> dict:
     deep = load_deep(cfg.deep, emulator.spec)
     positions = load_positions(cfg.positions, cmap, deep["id"]) if cfg.positions else None
     n_rows = len(positions["ra"]) if positions is not None else len(deep["id"])
-    identity = _identity(cfg, model.identity, n_rows)
+    precision = resolve_name(cfg.precision, torch.device("cpu"))  # the workers use the same
+    identity = _identity(cfg, model.identity, n_rows, precision)
     output = prepare_output(
         cfg.out,
         identity,
@@ -389,7 +393,7 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
             "seed": cfg.seed,
             "out": str(output.work.resolve()),
             "fault": fault,
-            "precision": cfg.precision,
+            "precision": output.identity["precision"],
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),

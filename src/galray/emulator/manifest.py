@@ -45,6 +45,10 @@ SHARD_NAME = re.compile(r"part-r\d{4}-c\d{5}\.parquet")
 TEMP_NAME = re.compile(r"\.(part-r\d{4}-c\d{5}\.parquet|_emulation\.json)\.tmp-[0-9a-f]{8}")
 
 
+# identity fields added later, as runs from before they existed had them
+LEGACY_IDENTITY = {"precision": "fp32"}
+
+
 def _staging_name(out: Path) -> re.Pattern:
     return re.compile(rf"\.{re.escape(out.name)}\.tmp-[0-9a-f]{{8}}")
 
@@ -163,11 +167,12 @@ def _claim(out, entries, manifest, held, identity, overwrite, resume, source, pr
             f"{out}: holds {len(shards)} shard(s) of an emulation run; pass --resume to finish "
             "it or --overwrite to replace it"
         )
-    previous = manifest["identity"]
+    previous = {**LEGACY_IDENTITY, **manifest["identity"]}
     for key, value in identity.items():
         if previous.get(key) != value:
+            hint = f"; pass --{key} {previous[key]} to finish it" if key == "precision" else ""
             raise OutputExistsError(
-                f"{out}: cannot resume: {key} was {previous.get(key)!r}, now {value!r}"
+                f"{out}: cannot resume: {key} was {previous.get(key)!r}, now {value!r}{hint}"
             )
     stale = [p for p in entries if TEMP_NAME.fullmatch(p.name) and p.is_file()]
     for p in stale:

@@ -4,13 +4,14 @@ multiplies bfloat16 natively.
 An emulator spends most of a survey's emulation in the matrix products of its small MLPs (the
 detection model's, the GAN generator's, the flow's spline-parameter networks).  CPUs with
 AVX512-BF16 (or AMX) multiply bfloat16 matrices about twice as fast as float32 ones, accumulating
-in float32.  Under ``bfloat16`` the products *between* hidden layers run in bfloat16; the first
+in float32.  Under ``bf16`` the products *between* hidden layers run in bfloat16; the first
 layer (on the inputs as given) and the last (whose outputs are the emulated values, the detection
 logit or the spline parameters) stay float32, so neither an input nor an output is rounded to
 bfloat16's 8-bit mantissa: what changes is each hidden activation and hidden-to-hidden weight, by
-up to 2^-9 of itself.  Training is always float32.  ``auto`` picks bfloat16 where it is native on
-a CPU and float32 elsewhere (a GPU's share of a shard's time is small, so it keeps float32 there).
-The same rows, seed and precision give the same output.
+up to 2^-9 of itself.  Training is always float32.  ``auto`` picks ``bf16`` where it is native on
+a CPU and ``fp32`` elsewhere (a GPU's share of a shard's time is small, so it keeps float32
+there): it depends on the hardware, so ``galray emulate`` resolves it once, on the driver, and
+records the result.  The same rows, seed and (resolved) precision give the same output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from galray.config import require
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "fp32", "bf16")  # the names deepfield's ``precision`` uses too
 
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -38,16 +39,22 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
-def resolve(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the hidden layers for ``precision`` (one of :data:`PRECISIONS`)."""
+def resolve_name(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: what ``precision`` (one of :data:`PRECISIONS`) means on
+    ``device``."""
     require(
         precision in PRECISIONS,
         "precision",
         f"must be one of {list(PRECISIONS)}, got {precision!r}",
     )
     if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def resolve(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the hidden layers for ``precision`` (one of :data:`PRECISIONS`)."""
+    return torch.bfloat16 if resolve_name(precision, device) == "bf16" else torch.float32
 
 
 def version_key(q: torch.Tensor) -> tuple[int, int]:
