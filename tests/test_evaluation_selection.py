@@ -131,7 +131,7 @@ def test_identical_distributions_agree_within_errors(same):
     assert report["selection_bins_used"] >= 15
     assert report["selection_max_z"] < 4
     assert report["selection_max_abs_diff"] < 0.06
-    assert report["selection_min_abs_diff_2sigma"] < 0.01  # no bin demands a difference
+    assert report["selection_max_abs_diff_lower"] < 0.01  # no bin demands a difference
     # n(z): three bins of increasing mean redshift, equal within ~2 sigma
     assert report["nz_bins"] == 3
     means = [report[f"nz_mean_z_ref_{k}"] for k in range(3)]
@@ -247,7 +247,7 @@ def test_auc_bootstrap_error_matches_the_binomial_formula():
 
 
 def test_a_bin_of_few_rows_does_not_demand_a_difference_a_bin_of_many_does():
-    """selection_min_abs_diff_2sigma: |diff| - 2 err of the worst bin.  A 0.03 difference over
+    """selection_max_abs_diff_lower: |diff| - 2 err of the worst bin, at least 0.  A 0.03 difference over
     300 rows is noise; 0.03 over 30,000 rows is a difference of at least ~0.02."""
     rows = [
         {"count": n, "diff": d, "diff_err": np.sqrt(2 * 0.25 / n), "z": 0.0}
@@ -255,8 +255,8 @@ def test_a_bin_of_few_rows_does_not_demand_a_difference_a_bin_of_many_does():
     ]
     noisy = sel.selection_summary(pd.DataFrame(rows), np.zeros(10), np.zeros(10), min_rows=100)
     assert noisy["selection_max_abs_diff"] == pytest.approx(0.03)
-    assert noisy["selection_min_abs_diff_2sigma"] < 0
+    assert noisy["selection_max_abs_diff_lower"] == 0.0  # within its noise
     rows[1]["diff"] = -0.03  # the large bin now differs for real
     real = sel.selection_summary(pd.DataFrame(rows), np.zeros(10), np.zeros(10), min_rows=100)
-    assert real["selection_min_abs_diff_2sigma"] == pytest.approx(0.03 - 2 * rows[1]["diff_err"])
-    assert real["selection_min_abs_diff_2sigma"] > 0.02
+    assert real["selection_max_abs_diff_lower"] == pytest.approx(0.03 - 2 * rows[1]["diff_err"])
+    assert real["selection_max_abs_diff_lower"] > 0.02

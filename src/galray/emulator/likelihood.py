@@ -71,9 +71,13 @@ def log_likelihood(
     cond = torch.from_numpy(cond_np[rows_idx]).to(device)
     out[rows_idx] = log_jac + _flow_log_prob(emulator, y, cond, flag_nodes, points)
     if detection:
+        dtype = emulator.dtype  # the precision sample() draws detection with
         with torch.inference_mode():
             logit = emulator._blocks(
-                lambda r: emulator.detection(torch.from_numpy(cond_np[r]).to(device)).float(), n
+                lambda r: emulator.detection(
+                    torch.from_numpy(cond_np[r]).to(device), dtype
+                ).float(),
+                n,
             )
         logit = logit.double().cpu()
         log_det = torch.nn.functional.logsigmoid(logit).numpy()

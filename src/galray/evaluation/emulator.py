@@ -38,10 +38,10 @@ Without a spec the frames follow the r, i, z contract of
   fraction in (depth tercile, 0.5-mag true magnitude) bins of the tomography band (``true_mag_i``
   for ``mag_i``; else the middle wide band) with binomial errors and z-scores;
   ``selection_max_abs_diff``, ``selection_max_z`` (bins with >= ``min_bin_rows`` rows,
-  ``selection_bins_used``), ``selection_min_abs_diff_2sigma`` (the largest ``|diff| - 2
-  diff_err`` over those bins: the smallest worst-bin difference the data do not exclude at
-  2 sigma -- the statistic to hold against a tolerance, since ``selection_max_abs_diff`` over
-  bins of a few hundred rows is dominated by their sampling noise), ``selected_fraction_ref``, ``selected_fraction_emu``, and the
+  ``selection_bins_used``), ``selection_max_abs_diff_lower`` (the largest
+  ``|diff| - 2 diff_err`` over those bins, at least 0: the 2-sigma lower bound of the worst
+  bin's difference, the statistic to hold against a tolerance -- ``selection_max_abs_diff``
+  over bins of a few hundred rows is their sampling noise), ``selected_fraction_ref``, ``selected_fraction_emu``, and the
   overall difference's ``selected_fraction_err`` and ``selected_fraction_z``.
 * n(z), when the spec names a redshift: the selected galaxies of each frame split into
   ``spec.tomography.bins`` bins at the quantiles of ``spec.tomography.quantity`` over the

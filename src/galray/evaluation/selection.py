@@ -147,9 +147,12 @@ def selection_summary(
         "selected_fraction_err": err,
         "selected_fraction_z": (p_emu - p_ref) / err if err > 0 else math.nan,
         "selection_max_abs_diff": _nanmax(used["diff"].abs()),
-        # how large a difference the data demand: a bin of few rows can show |diff| = 0.03 by
-        # chance alone, so "every bin within t" is refuted only where |diff| - 2 err > t
-        "selection_min_abs_diff_2sigma": _nanmax(used["diff"].abs() - 2.0 * used["diff_err"]),
+        # the 2-sigma lower bound of the worst bin's |diff| (0: every bin is within its noise):
+        # a bin of few rows shows |diff| = 0.03 by chance alone, so "every bin within t" is
+        # refuted only where |diff| - 2 err > t
+        "selection_max_abs_diff_lower": max(
+            _nanmax(used["diff"].abs() - 2.0 * used["diff_err"]), 0.0
+        ),
         "selection_max_z": _nanmax(used["z"].abs()),
         "selection_bins_used": len(used),
     }
