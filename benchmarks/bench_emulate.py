@@ -26,16 +26,17 @@ the same run)::
     end to end / roofline                0.48               0.28               0.25
 
 Later the same day (after the flow's one-evaluation-per-unit inverse and bfloat16 hidden layers,
-``--precision auto``, for the detection MLP and the GAN; same machine, other jobs running, each
-run under ``chrt -f 10``)::
+``--precision auto``, for the detection MLP and the GAN; same machine, quiet, each run under
+``chrt -f 10``)::
 
                                   GAN (MLP 128x3)    flow (defaults)
-    roofline (read->numpy->write)   1,119,629 rows/s   1,203,955 rows/s
-    model only (Emulator.sample)      833,103 rows/s     516,506 rows/s
-    end to end (galray emulate)       566,386 rows/s     404,890 rows/s
-    end to end / roofline                0.51               0.34
+    roofline (read->numpy->write)   1,196,142 rows/s   1,176,605 rows/s
+    model only (Emulator.sample)      974,184 rows/s     375,873 rows/s
+    end to end (galray emulate)       616,829 rows/s     417,645 rows/s
+    end to end / roofline                0.52               0.35
 
-The flow's end to end rate rose 1.36x (298,201 -> 404,890 rows/s; model only 1.49x).  What is
+(With other jobs on the machine, an hour earlier: GAN 0.51, flow 0.34 -- 404,890 rows/s.)
+The flow's end to end rate rose 1.4x (298,201 -> 417,645 rows/s).  What is
 left per 200k-row shard on one core (cProfile): the flow's splines ~25 % and its networks ~20 %
 (on the ~47 % of rows detected), the detection MLP ~15 %, the Parquet write with its checksums
 ~25 %; the 0.5 the issue asks for needs about half of all of it gone, which on this CPU means a
