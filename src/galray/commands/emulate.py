@@ -32,7 +32,9 @@ def register(sub, groups) -> None:
         help="deep rows (or positions) per output shard",
     )
     add_deprecated(p, "--chunk-rows", "--shard-rows", "chunk_rows", type=int)
-    p.add_argument("--workers", type=int, help="actors (default: GPUs, else CPUs)")
+    p.add_argument(
+        "--workers", type=int, help="actors, all started at once (default: up to GPUs, else CPUs)"
+    )
     p.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,

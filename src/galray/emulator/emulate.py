@@ -73,8 +73,8 @@ class EmulateConfig:
     out: output directory of Parquet shards.  realizations: K placements of the deep catalog.
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
     random positions.  seed: every random draw (the output is deterministic for a seed).
-    chunk_rows: deep rows (or positions) per shard.  workers: actors (default:
-    one per GPU, else one per CPU).  precision: the networks' hidden-layer arithmetic
+    chunk_rows: deep rows (or positions) per shard.  workers: actors, all started at once
+    (default: up to one per GPU, else one per CPU, grown from one as the queue asks).  precision: the networks' hidden-layer arithmetic
     (:mod:`galray.models.precision`): ``auto`` -- ``bf16`` if the driver's CPU multiplies
     bfloat16 natively, else ``fp32``, resolved once and recorded, so every worker uses the same
     and a resume must resolve to it too -- ``fp32`` or ``bf16``; ``fp32`` gives the same output
@@ -396,7 +396,9 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
             "precision": output.identity["precision"],
         },
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        # --workers N: N actors from the start (spread over the cluster's nodes); by default
+        # the pool grows from one as the queue asks
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.workers or 1, max_size=workers),
         num_gpus=gpus / workers if gpus else 0,
         num_cpus=1,
     )
