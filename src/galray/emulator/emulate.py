@@ -48,7 +48,7 @@ from galray.emulator.manifest import MANIFEST, Output, prepare_output, verify_sh
 from galray.emulator.model_source import bundle_files, resolve_model, write_bundle
 from galray.errors import GalrayError, OutputError
 from galray.io import atomic_path
-from galray.models.precision import PRECISIONS, resolve_name
+from galray.models.precision import resolve_name
 
 __all__ = ["MANIFEST", "PARQUET_WRITE", "EmulateConfig", "emulate", "plan_shards"]
 
@@ -74,8 +74,8 @@ class EmulateConfig:
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
     random positions.  seed: every random draw (the output is deterministic for a seed).
     chunk_rows: deep rows (or positions) per shard.  workers: actors, all started at once
-    (default: up to one per GPU, else one per CPU, grown from one as the queue asks).  precision: the networks' hidden-layer arithmetic
-    (:mod:`galray.models.precision`): ``auto`` -- ``bf16`` if the driver's CPU multiplies
+    (default: up to one per GPU, else one per CPU, grown from one as the queue asks).
+    precision: the networks' hidden-layer arithmetic (:mod:`galray.models.precision`): ``auto`` -- ``bf16`` if the driver's CPU multiplies
     bfloat16 natively, else ``fp32``, resolved once and recorded, so every worker uses the same
     and a resume must resolve to it too -- ``fp32`` or ``bf16``; ``fp32`` gives the same output
     on any hardware.  overwrite: replace the emulation in ``out`` once the new run
@@ -100,11 +100,7 @@ class EmulateConfig:
         require(self.realizations >= 1, "realizations", f"must be >= 1, got {self.realizations}")
         require(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
         require(self.workers is None or self.workers >= 1, "workers", "must be >= 1")
-        require(
-            self.precision in PRECISIONS,
-            "precision",
-            f"must be one of {list(PRECISIONS)}, got {self.precision!r}",
-        )
+        resolve_name(self.precision, torch.device("cpu"))  # a bad name: ConfigError naming it
         require(
             not (self.overwrite and self.resume), "resume", "give --resume or --overwrite, not both"
         )
