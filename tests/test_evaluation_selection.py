@@ -246,6 +246,30 @@ def test_auc_bootstrap_error_matches_the_binomial_formula():
     assert err == pytest.approx(np.sqrt((1 / n + 1 / n) / 12.0), rel=0.2)
 
 
+def test_auc_difference_of_two_classifiers_on_the_same_rows_is_paired():
+    """Two scorers of the same rows that mostly agree: their AUCs differ by far less than
+    either's error, and the paired bootstrap knows it (resampling each independently would give
+    about sqrt(2) times either's error); the point value is the difference of the AUCs."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    labels = rng.random(n) < 0.5
+    a = labels * 0.3 + rng.normal(size=n)
+    b = a + 0.05 * rng.normal(size=n)  # nearly the same classifier
+    groups = np.arange(n)
+    diff, err = sel.auc_difference((a, labels, groups), (b, labels, groups), seed=2)
+    assert diff == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
+    single = sel.auc_bootstrap_error(a, labels, groups, seed=2)
+    assert err < 0.25 * single
+    # a better classifier on the same rows: the difference is many paired errors from zero
+    c = labels * 0.6 + rng.normal(size=n)
+    diff, err = sel.auc_difference((a, labels, groups), (c, labels, groups), seed=2)
+    assert diff < -5 * err
+    with pytest.raises(ValueError, match="same groups"):
+        sel.auc_difference((a, labels, groups), (a[:-1], labels[:-1], groups[:-1]))
+
+
 def test_a_bin_of_few_rows_does_not_demand_a_difference_a_bin_of_many_does():
     """selection_max_abs_diff_lower: |diff| - 2 err of the worst bin, at least 0.  A 0.03 difference over
     300 rows is noise; 0.03 over 30,000 rows is a difference of at least ~0.02."""

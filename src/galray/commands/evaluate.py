@@ -160,7 +160,10 @@ def _register_stamps(ev) -> None:
     add_output(p, "report directory")
     p.add_argument("--rows", type=int, default=1000, help="at most this many test stamps")
     p.add_argument(
-        "--morphology-rows", type=int, default=200, help="stamps per kind measured by statmorph"
+        "--morphology-rows",
+        type=int,
+        default=1000,
+        help="stamps per kind measured by statmorph (~0.15 s each)",
     )
     p.add_argument("--sweep-points", type=int, default=8, help="grid points per condition")
     p.add_argument("--sweep-draws", type=int, default=12, help="galaxies per grid point")
@@ -178,9 +181,11 @@ def _stamps(args: argparse.Namespace) -> int:
 
     For each test stamp, a generated galaxy with its properties and a single-Sersic baseline
     are observed through the stamp's PSF and noise; flux, HSM size and ellipticity and
-    statmorph's Gini, M20, concentration and asymmetry are compared (KS per statistic, a
-    classifier AUC on the statistics for the generator and for the baseline), and each condition
-    is swept on a grid with the others fixed (Spearman rho of the statistic it controls).
+    statmorph's Gini, M20, concentration and asymmetry are compared (KS per statistic; a
+    cross-fitted classifier AUC on the statistics, and on the statistics given the properties,
+    for the generator and for the baseline, with the paired difference and its error), and each
+    condition is swept on a grid with the others fixed (Spearman rho of the statistic it
+    controls).
     Writes report.json, CSVs and PNGs to --out; logs them to MLflow.  Example:
         galray evaluate stamps --model models:/galray-stamps@champion --data data/stamps-12k \
             --out report-stamps/
@@ -212,6 +217,8 @@ def _stamps(args: argparse.Namespace) -> int:
         "ks_max",
         "c2st_auc",
         "baseline_c2st_auc",
+        "c2st_auc_minus_baseline",
+        "beats_baseline",
         "monotonic_rho_min",
         *(["judge_within"] if args.estimator else []),
     )

@@ -303,16 +303,19 @@ def nz_summary(table: pd.DataFrame) -> dict:
 # -------------------------------------------------------------------------- AUC error
 
 
-def auc_bootstrap_error(
+def auc_bootstrap_samples(
     scores: np.ndarray,
     labels: np.ndarray,
     groups: Sequence[int] | np.ndarray,
     seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
-) -> float:
-    """Standard deviation of the ROC AUC (label 1 scored above label 0, ties half) under a
-    Poisson bootstrap over ``groups`` (a row's reference and emulated versions share a group,
-    so they are reweighted together)."""
+) -> np.ndarray:
+    """The ROC AUC (label 1 scored above label 0, ties half) under ``n_boot`` Poisson bootstrap
+    resamples over ``groups`` (a row's reference and emulated versions share a group, so they
+    are reweighted together); NaN where a resample lost a class.  The weights depend only on
+    ``seed``, ``n_boot``, the number of rows and the set of groups, so two score vectors over the
+    same groups and rows get the same resamples: the differences of their samples bootstrap the
+    difference of the two AUCs (:func:`auc_difference`)."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
     order = np.argsort(scores, kind="stable")
     sorted_scores = scores[order]
@@ -331,6 +334,36 @@ def auc_bootstrap_error(
         below = np.cumsum(neg, axis=1) - neg
         with np.errstate(divide="ignore", invalid="ignore"):
             aucs.append((pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1)))
-    aucs = np.concatenate(aucs) if aucs else np.zeros(0)
+    return np.concatenate(aucs) if aucs else np.zeros(0)
+
+
+def auc_bootstrap_error(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[int] | np.ndarray,
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+) -> float:
+    """Standard deviation of the ROC AUC under the bootstrap of :func:`auc_bootstrap_samples`."""
+    aucs = auc_bootstrap_samples(scores, labels, groups, seed, n_boot)
     aucs = aucs[np.isfinite(aucs)]
     return float(np.std(aucs, ddof=1)) if aucs.size > 1 else math.nan
+
+
+def auc_difference(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray, np.ndarray],
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+) -> tuple[float, float]:
+    """AUC(a) - AUC(b) and its bootstrap error, for two (scores, labels, groups) over the same
+    groups and rows (two classifiers scored on the same held-out galaxies): both are resampled
+    with the same weights, so what the two share (which galaxies were drawn) cancels."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(a[0]) != len(b[0]) or set(np.unique(a[2])) != set(np.unique(b[2])):
+        raise ValueError("auc_difference: the two score sets are not over the same groups")
+    diff = float(roc_auc_score(a[1], a[0]) - roc_auc_score(b[1], b[0]))
+    d = auc_bootstrap_samples(*a, seed, n_boot) - auc_bootstrap_samples(*b, seed, n_boot)
+    d = d[np.isfinite(d)]
+    return diff, float(np.std(d, ddof=1)) if d.size > 1 else math.nan

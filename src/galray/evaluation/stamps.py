@@ -9,13 +9,16 @@ Statistics measured on every stamp (:func:`measure`):
 * ``gini``, ``m20``, ``concentration``, ``asymmetry``: statmorph (Rodriguez-Gomez et al. 2019) on
   a segmentation of the stamp (pixels of the 1-pixel-Gaussian-smoothed image above 1.5 sigma of
   its noise, the component under the centre); NaN where statmorph flags the measurement as bad.
-  statmorph takes about a second per stamp, so it runs on at most ``morphology_rows`` rows.
+  statmorph takes ~0.15 s per 48x48 stamp on one core, so it runs on at most
+  ``morphology_rows`` rows.
 
 The report (:func:`stamps_report`): per statistic the KS D between generated and real (and
 between a single-Sersic baseline and real) beside the D chance alone reaches at those sample
 sizes (:func:`ks_noise_floor`), the median magnitude bias and HSM size ratio, a
-classifier two-sample test on the vector of statistics (:func:`classifier_auc`) for the generator
-and for the baseline, and the monotonicity table of the condition sweeps (:func:`monotonicity`).
+cross-fitted classifier two-sample test on the vector of statistics, and on the statistics given
+the properties (:func:`c2st_scores`), for the generator and for the baseline with their paired
+difference (:func:`c2st_comparison`), and the monotonicity table of the condition sweeps
+(:func:`monotonicity`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from galray.io import write_json
 HSM_COLUMNS = ("hsm_sigma", "hsm_e1", "hsm_e2", "hsm_e")
 MORPH_COLUMNS = ("gini", "m20", "concentration", "asymmetry")
 RHO_TARGET = 0.95  # Spearman rho every condition sweep should reach
+C2ST_FOLDS = 5  # cross-fitting folds of the classifier two-sample test
+BEATS_SIGMA = 2.0  # the generator beats the baseline: its AUC lower by this many paired errors
 
 
 def hsm_moments(images: np.ndarray, pixel_scale: float) -> pd.DataFrame:
@@ -132,43 +137,51 @@ def ks_noise_floor(real: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def classifier_auc(real: pd.DataFrame, other: pd.DataFrame, seed: int = 0) -> tuple[float, float]:
-    """Held-out ROC AUC of a gradient-boosted classifier telling ``other`` (1) from ``real``
-    (0) by their statistics, and its bootstrap error (0.5: indistinguishable).
+def c2st_scores(
+    real: pd.DataFrame,
+    other: pd.DataFrame,
+    seed: int = 0,
+    given: pd.DataFrame | None = None,
+    folds: int = C2ST_FOLDS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A gradient-boosted classifier telling ``other`` (1) from ``real`` (0) by their statistics
+    (and ``given``'s columns, the same for both versions of a galaxy: then it tests the
+    statistics *given* the properties): out-of-fold (scores, labels, galaxy rows) for every
+    galaxy, or None with fewer than 10 of a class in a fold.
 
-    Row ``i`` of both frames is one galaxy (same properties, PSF and noise).  Rows are split
-    50/50 with ``seed`` and each half keeps *one* version of each galaxy -- the real one for a
-    random half of its rows, the other for the rest -- so the classifier never sees a galaxy's
-    twin and cannot win by pairing; it is trained on one half and scored on the other.
+    Row ``i`` of both frames is one galaxy (same properties, PSF and noise), and each galaxy
+    keeps *one* version -- the real one for a random half of the rows, the other for the rest --
+    so the classifier never sees a galaxy's twin and cannot win by pairing.  The galaxies are
+    cut into ``folds`` folds; each fold is scored by a classifier trained on the others
+    (cross-fitting: every galaxy is scored, by a model that never saw it, which halves the
+    variance of one 50/50 split).  Folds and versions depend only on ``seed`` and the row count,
+    so two calls with the same seed score the same galaxies the same way
+    (:func:`galray.evaluation.selection.auc_difference`).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import roc_auc_score
-
-    from galray.evaluation.selection import auc_bootstrap_error
 
     cols = [c for c in real.columns if c in other.columns]
     n = len(real)
     rng = np.random.default_rng(seed)
-    halves = np.array_split(rng.permutation(n), 2)
+    fold = rng.permutation(n) % folds
     pick_other = rng.random(n) < 0.5  # which version of each galaxy is kept
-
-    def labelled(rows):
-        x = np.where(
-            pick_other[rows, None], other[cols].to_numpy()[rows], real[cols].to_numpy()[rows]
-        )
-        return x, pick_other[rows].astype(float), rows
-
-    (x_train, y_train, _), (x_test, y_test, groups) = labelled(halves[0]), labelled(halves[1])
-    if min(np.bincount(y.astype(int), minlength=2).min() for y in (y_train, y_test)) < 10:
-        return math.nan, math.nan
-    clf = HistGradientBoostingClassifier(
-        learning_rate=0.05, max_iter=300, max_leaf_nodes=15, l2_regularization=1.0,
-        early_stopping=True, validation_fraction=0.2, n_iter_no_change=30, random_state=seed,
-    )  # fmt: skip
-    clf.fit(x_train, y_train)
-    scores = clf.predict_proba(x_test)[:, 1]
-    auc = float(roc_auc_score(y_test, scores))
-    return auc, auc_bootstrap_error(scores, y_test, groups, seed)
+    x = np.where(pick_other[:, None], other[cols].to_numpy(), real[cols].to_numpy())
+    if given is not None:
+        x = np.hstack([x, given.to_numpy(np.float64)])
+    y = pick_other.astype(float)
+    if min(np.bincount(pick_other[fold == f], minlength=2).min() for f in range(folds)) < 10:
+        return None
+    scores = np.empty(n)
+    for f in range(folds):
+        test = fold == f
+        clf = HistGradientBoostingClassifier(
+            learning_rate=0.05, max_iter=300, max_leaf_nodes=15, l2_regularization=1.0,
+            early_stopping=True, validation_fraction=0.2, n_iter_no_change=30,
+            random_state=seed + f,
+        )  # fmt: skip
+        clf.fit(x[~test], y[~test])
+        scores[test] = clf.predict_proba(x[test])[:, 1]
+    return scores, y, np.arange(n)
 
 
 def monotonicity(sweeps: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +218,43 @@ def _summary(real: pd.DataFrame, gen: pd.DataFrame, prefix: str, seed: int) -> d
     out[f"{prefix}hsm_size_ratio_median"] = float(
         np.nanmedian(gen["hsm_sigma"] / real["hsm_sigma"])
     )
-    auc, err = classifier_auc(real, gen, seed)
-    out[f"{prefix}c2st_auc"], out[f"{prefix}c2st_auc_err"] = auc, err
+    return out
+
+
+def c2st_comparison(
+    real: pd.DataFrame,
+    generated: pd.DataFrame,
+    baseline: pd.DataFrame,
+    seed: int = 0,
+    given: pd.DataFrame | None = None,
+    suffix: str = "",
+) -> dict:
+    """The classifier two-sample test of generated and of baseline stamps against the real ones
+    on the same split (:func:`c2st_scores`, same ``seed``), and the paired difference: keys
+    ``c2st_auc<suffix>``, ``baseline_c2st_auc<suffix>`` (each with ``_err``) and
+    ``c2st_auc<suffix>_minus_baseline`` with its error from the joint bootstrap over the
+    held-out galaxies (:func:`galray.evaluation.selection.auc_difference`): the two AUCs share
+    their real halves and galaxies, so the difference is known better than either."""
+    from sklearn.metrics import roc_auc_score
+
+    from galray.evaluation.selection import auc_bootstrap_error, auc_difference
+
+    out = {}
+    held = {}
+    for prefix, other in (("", generated), ("baseline_", baseline)):
+        held[prefix] = c2st_scores(real, other, seed, given)
+        key = f"{prefix}c2st_auc{suffix}"
+        if held[prefix] is None:
+            out[key] = out[f"{key}_err"] = math.nan
+            continue
+        scores, labels, _ = held[prefix]
+        out[key] = float(roc_auc_score(labels, scores))
+        out[f"{key}_err"] = auc_bootstrap_error(*held[prefix], seed)
+    key = f"c2st_auc{suffix}_minus_baseline"
+    if held[""] is None or held["baseline_"] is None:
+        out[key] = out[f"{key}_err"] = math.nan
+    else:
+        out[key], out[f"{key}_err"] = auc_difference(held[""], held["baseline_"], seed)
     return out
 
 
@@ -220,21 +268,31 @@ def stamps_report(
     seed: int = 0,
     grid_images: dict | None = None,
     extra: dict | None = None,
+    properties: pd.DataFrame | None = None,
 ) -> dict:
     """The report of the module docstring: ``report.json``, ``statistics.csv`` (every stamp's
     statistics, by ``source``), ``monotonicity.csv``, ``sweeps.csv`` and plots in ``out_dir``.
 
     Keys: ``n_rows``; for the generator ``ks_<stat>``, ``ks_max``, ``ks_floor95_<stat>``
     (:func:`ks_noise_floor`), ``mag_bias_median``,
-    ``hsm_size_ratio_median``, ``c2st_auc``, ``c2st_auc_err``; the same with ``baseline_``
-    for the single-Sersic baseline; ``monotonic_rho_<condition>``, ``monotonic_rho_min``;
-    ``beats_baseline`` (generator AUC below the baseline's); and ``extra``'s keys."""
+    ``hsm_size_ratio_median``; the same with ``baseline_`` for the single-Sersic baseline;
+    the classifier test on the statistics (:func:`c2st_comparison`: ``c2st_auc``,
+    ``baseline_c2st_auc``, ``c2st_auc_minus_baseline``, each with ``_err``) and, with
+    ``properties`` (each galaxy's conditions, rows as ``real``'s), the same on the statistics
+    given the properties (suffix ``_given_properties``); ``beats_baseline`` (the generator's
+    AUC below the baseline's by more than :data:`BEATS_SIGMA` paired errors);
+    ``monotonic_rho_<condition>``, ``monotonic_rho_min``; and ``extra``'s keys."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"n_rows": len(real), "seed": seed}
     report |= _summary(real, generated, "", seed)
     report |= _summary(real, baseline, "baseline_", seed)
-    report["beats_baseline"] = bool(report["c2st_auc"] < report["baseline_c2st_auc"])
+    report |= c2st_comparison(real, generated, baseline, seed)
+    if properties is not None:
+        given = properties.reset_index(drop=True).astype(np.float64)
+        report |= c2st_comparison(real, generated, baseline, seed, given, "_given_properties")
+    diff, err = report["c2st_auc_minus_baseline"], report["c2st_auc_minus_baseline_err"]
+    report["beats_baseline"] = bool(diff + BEATS_SIGMA * err < 0)
     table = monotonicity(sweeps)
     for row in table.itertuples():
         report[f"monotonic_rho_{row.condition}"] = row.spearman_rho

@@ -173,6 +173,7 @@ def evaluate_model(
         seed=seed,
         grid_images=grid,
         extra=extra,
+        properties=pd.DataFrame(props),
     )
 
 
