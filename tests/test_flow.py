@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import zuko
 
 from galray.config import load_config
 from galray.emulator.bundle import Emulator
@@ -22,8 +23,18 @@ from galray.emulator.step import (
     run_epoch,
 )
 from galray.errors import ConfigError
+from galray.models import spline_kernel
 from galray.models.emulator import DetectionModel, NetConfig
-from galray.models.flow import SAMPLE_LIMIT, TAIL_BOUND, ConditionalFlow, FlowConfig
+from galray.models.flow import (
+    SAMPLE_LIMIT,
+    SPLINE_SLOPE,
+    TAIL_BOUND,
+    ConditionalFlow,
+    FlowConfig,
+    _rqs_inverse,
+    _rqs_inverse_fused,
+    fused_spline,
+)
 from galray.training.modules import GradientSync, lr_scale
 
 CPU = torch.device("cpu")
@@ -219,3 +230,101 @@ def test_fast_sampling_follows_parameter_updates_and_runs_in_inference_mode():
     with torch.inference_mode():
         built = ConditionalFlow(4, 3, FlowConfig(transforms=2, bins=4, width=16))
         assert built(z, cond).shape == (500, 3)
+
+
+# ------------------------------------------------------------- the fused spline inverse (numba)
+def _spline_params(n: int, n_sel: int, bins: int, scale: float, seed: int) -> torch.Tensor:
+    """Spline logits as ``_invert_masked_spline`` lays them out: [n, n_sel (3 bins - 1)]."""
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, n_sel * (3 * bins - 1), generator=g)
+
+
+def _split(params: torch.Tensor, n_sel: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    wh = params[:, : 2 * n_sel * bins].view(-1, 2, n_sel, bins)
+    return wh, params[:, 2 * n_sel * bins :].view(-1, n_sel, bins - 1)
+
+
+def _fused(y: torch.Tensor, params: torch.Tensor, bins: int) -> torch.Tensor:
+    """The fused kernel on every column of ``y``, written into a strided view (as in a flow)."""
+    x = torch.full((y.shape[0], y.shape[1] + 3), -99.0)[:, 1:-2]
+    _rqs_inverse_fused(y, torch.arange(y.shape[1]), params, bins, x)
+    return x
+
+
+@pytest.mark.skipif(not spline_kernel.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("n_sel, bins, scale", [(1, 8, 0.5), (2, 8, 2.0), (3, 6, 1.0), (2, 2, 4.0)])
+def test_fused_spline_inverse_is_the_torch_inverse(n_sel, bins, scale):
+    """The numba kernel computes the torch path's formulas: most values bit for bit, the rest
+    within the float32 rounding of ``exp`` -- no further from the exact (float64) inverse than
+    the float32 torch path is -- and exactly the identity outside [-bound, bound] and on NaN."""
+    params = _spline_params(20_000, n_sel, bins, scale, seed=n_sel + bins)
+    g = torch.Generator().manual_seed(3)
+    y = 2.5 * torch.randn(20_000, n_sel, generator=g)  # ~5 % beyond the bound
+    y[:8, 0] = torch.tensor([-TAIL_BOUND, TAIL_BOUND, -6.0, 7.0, math.nan, 0.0, -4.999, 4.999])
+    fused = _fused(y, params, bins)
+    torch32 = _rqs_inverse(y, *_split(params, n_sel, bins))
+    exact = _rqs_inverse(y.double(), *_split(params.double(), n_sel, bins))
+    outside = y.abs() > TAIL_BOUND + 1e-3  # the last knot is the bound to float32 rounding
+    assert outside.sum() > 500 and torch.equal(fused[outside], y[outside])
+    assert fused[y.isnan()].isnan().all()
+    assert fused.isfinite().sum() == y.isfinite().sum()
+    inside = y.abs() < TAIL_BOUND
+    assert float((fused[inside] == torch32[inside]).float().mean()) > 0.6
+    # a rounding in a knot moves the inverse by up to 1 / slope times as much where the spline
+    # is steep, so a few values differ by more than a few ulps (as the float32 torch path's do)
+    near = torch.isclose(fused, torch32, rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert float(near.float().mean()) > 0.999
+    torch.testing.assert_close(fused, torch32, rtol=1e-3, atol=1e-4, equal_nan=True)
+    err_fused = (fused - exact).abs()[inside].max()
+    err_torch = (torch32 - exact).abs()[inside].max()
+    assert err_fused <= 2 * err_torch + 1e-6
+
+
+@pytest.mark.skipif(not spline_kernel.AVAILABLE, reason="numba is not installed")
+def test_fused_spline_inverse_is_zukos_inverse():
+    """... and zuko's own ``MonotonicRQSTransform`` inverse (softmax knots, searchsorted)."""
+    n_sel, bins = 3, 8
+    params = _spline_params(20_000, n_sel, bins, 1.5, seed=5)
+    y = 2.0 * torch.randn(20_000, n_sel, generator=torch.Generator().manual_seed(6))
+    wh, derivs = _split(params, n_sel, bins)
+    spline = zuko.transforms.MonotonicRQSTransform(
+        wh[:, 0], wh[:, 1], derivs, bound=TAIL_BOUND, slope=SPLINE_SLOPE
+    )
+    fused, ref = _fused(y, params, bins), spline.inv(y)
+    assert float(torch.isclose(fused, ref, rtol=1e-4, atol=1e-4).float().mean()) > 0.999
+    torch.testing.assert_close(fused, ref, atol=1e-3, rtol=1e-3)
+    assert float((fused - y).abs().mean()) > 0.05  # not the identity
+
+
+@pytest.mark.skipif(not spline_kernel.AVAILABLE, reason="numba is not installed")
+def test_fused_exp_is_within_one_ulp():
+    """The kernel's branch-free exp, over the squashed logits' whole range (|x| < |log slope|):
+    within 1 ulp of the correctly rounded value, and exact at 0 (the derivative pads)."""
+    x = np.linspace(-7.0, 7.0, 400_001, dtype=np.float32)
+    exact = np.exp(x.astype(np.float64)).astype(np.float32)
+    got = np.array([spline_kernel.exp(v) for v in x[::97]], dtype=np.float32)
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - exact[::97].view(np.int32))
+    assert ulps.max() <= 1
+    assert spline_kernel.exp(np.float32(0.0)) == 1.0
+
+
+def test_spline_inverse_takes_the_torch_path_for_autograd_and_without_numba(monkeypatch):
+    """Tensors that record gradients, other dtypes, and installs without numba sample through
+    the torch inverse: the same samples (to float32 rounding), recorded by autograd."""
+    torch.manual_seed(4)
+    flow = ConditionalFlow(4, 3, FlowConfig(transforms=2, bins=6, width=16))
+    z, cond = torch.randn(3000, 3), torch.randn(3000, 4)
+    with torch.no_grad():
+        fast = flow(z, cond)
+    assert fused_spline(z, cond) == spline_kernel.AVAILABLE
+    assert not fused_spline(z.double())
+    zg = z.clone().requires_grad_(True)
+    assert not fused_spline(zg)
+    sampled = flow(zg, cond)
+    assert sampled.grad_fn is not None
+    monkeypatch.setattr(spline_kernel, "AVAILABLE", False)
+    assert not fused_spline(z)
+    with torch.no_grad():
+        slow = flow(z, cond)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sampled.detach(), slow, rtol=1e-4, atol=1e-5)

@@ -30,6 +30,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import zuko
@@ -37,6 +38,7 @@ from torch import nn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 
 from galray.config import require
+from galray.models import spline_kernel
 from galray.models.precision import version_key
 
 FLOW_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
@@ -266,8 +268,42 @@ def _invert_masked_spline(t, y: torch.Tensor, cond: torch.Tensor) -> torch.Tenso
         n, ((_, k), _, (lo, hi)) = len(sel), _kinds(t)
         wh = params[:, : 2 * n * k].view(-1, 2, n, k)
         derivs = params[:, lo * n : hi * n].view(-1, n, hi - lo)
-        x[:, sel] = _rqs_inverse(y[:, sel], wh, derivs)
+        if fused_spline(y, params):
+            _rqs_inverse_fused(y, sel, params, k, x)
+        else:
+            x[:, sel] = _rqs_inverse(y[:, sel], wh, derivs)
     return x.clone()
+
+
+def fused_spline(*tensors: torch.Tensor) -> bool:
+    """Whether the spline inverse may run as the fused numba kernel
+    (:mod:`galray.models.spline_kernel`): numba installed, float32 tensors on the CPU, and no
+    gradient to record (autograd and GPU tensors take the torch path)."""
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in tensors)
+    return (
+        spline_kernel.AVAILABLE
+        and not grad
+        and all(v.device.type == "cpu" and v.dtype == torch.float32 for v in tensors)
+    )
+
+
+def _rqs_inverse_fused(
+    y: torch.Tensor, sel: torch.Tensor, params: torch.Tensor, bins: int, x: torch.Tensor
+) -> None:
+    """``x[:, sel] = _rqs_inverse(y[:, sel], wh, derivs)`` (to float32 rounding) in one numba
+    pass, ``params`` [B, >= len(sel) (3 bins - 1)] holding ``wh`` then ``derivs`` as
+    :func:`_invert_masked_spline` cuts them; ``x`` is written in place."""
+    log_slope = math.log(SPLINE_SLOPE)
+    spline_kernel.rqs_inverse_into(
+        y.numpy(),
+        sel.numpy(),
+        params.numpy(),
+        bins,
+        x.numpy(),
+        np.float32(TAIL_BOUND),
+        np.float32(2 / log_slope),
+        np.float32(log_slope),
+    )
 
 
 def _rqs_inverse(y: torch.Tensor, wh: torch.Tensor, derivs: torch.Tensor) -> torch.Tensor:
