@@ -13,7 +13,7 @@ from galray.emulator.features import EmulatorFeatures
 from galray.errors import ConfigError
 from galray.models.emulator import DetectionModel, NetConfig, mlp
 from galray.models.flow import FlowConfig
-from galray.models.precision import mlp_forward, resolve
+from galray.models.precision import activate, mlp_forward, resolve
 from test_features_spec import des_rows
 
 
@@ -84,3 +84,23 @@ def test_the_cli_offers_exactly_the_precisions():
     from galray.models.precision import PRECISIONS
 
     assert PRECISION_CHOICES == PRECISIONS
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "silu", "gelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampling_activations_in_place_change_no_value(activation, dtype):
+    """Sampling applies the activations in place (no second tensor per layer): bit for bit the
+    values of the out-of-place modules autograd uses, in float32 and bfloat16."""
+    torch.manual_seed(1)
+    net = mlp(7, 2, width=32, depth=3, activation=activation).eval()
+    x = torch.randn(3000, 7)
+    recorded = mlp_forward(net, x.clone().requires_grad_(True), dtype)  # out of place
+    assert recorded.grad_fn is not None
+    with torch.inference_mode():
+        sampled = mlp_forward(net, x, dtype)
+        h = net[0](x)
+        in_place = activate(net[1], h) is h
+    assert torch.equal(sampled, recorded.detach())
+    assert in_place == (activation != "gelu")  # gelu has no in-place form: out of place
+    h = net[0](x)
+    assert activate(net[1], h) is not h  # autograd records h: never in place

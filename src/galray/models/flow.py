@@ -39,7 +39,7 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 
 from galray.config import require
 from galray.models import spline_kernel
-from galray.models.precision import version_key
+from galray.models.precision import activate, version_key
 
 FLOW_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU}
 TAIL_BOUND = 5.0  # the splines' domain is [-5, 5]: the soft clip maps the data into it
@@ -260,7 +260,7 @@ def _invert_masked_spline(t, y: torch.Tensor, cond: torch.Tensor) -> torch.Tenso
         for i, layer in enumerate(hidden):
             ws, b, act = layer[p]
             if b.numel():
-                units[i][p] = act(_linear(b, ws, [inputs] if i == 0 else units[i - 1]))
+                units[i][p] = activate(act, _linear(b, ws, [inputs] if i == 0 else units[i - 1]))
         sel, ws, bias = outputs[p]
         if sel.numel() == 0:
             continue
