@@ -145,8 +145,8 @@ def emulate_shard(
     """Emulate one shard (deterministic in ``seed`` and the shard's indices)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, shard.realization, shard.chunk]))
     n = shard.stop - shard.start
-    if positions is None:
-        deep_index = np.arange(shard.start, shard.stop)
+    if positions is None:  # the shard's own deep rows: a slice, no gather
+        deep_index = slice(shard.start, shard.stop)
         ra, dec, pixel, map_row = random_positions(cmap, n, rng)
     else:
         sl = slice(shard.start, shard.stop)
@@ -155,18 +155,17 @@ def emulate_shard(
     cols: dict[str, np.ndarray] = {
         "id": np.arange(shard.start, shard.stop, dtype=np.int64),
         "realization": np.full(n, shard.realization, dtype=np.int32),
-        "deep_id": deep["id"][deep_index].astype(np.int64),
+        "deep_id": deep["id"][deep_index].astype(np.int64, copy=False),
         "ra": ra,
         "dec": dec,
         "pixel": pixel,
     }
     for name in deep:
         if name != "id":
-            cols[name] = deep[name][deep_index].astype(np.float32)
-    values = cmap.values[map_row]
-    for j, name in enumerate(cmap.columns):
+            cols[name] = deep[name][deep_index].astype(np.float32, copy=False)
+    for j, name in enumerate(cmap.columns):  # column by column: each gather contiguous
         if name in emulator.spec.condition_columns:
-            cols[name] = values[:, j]
+            cols[name] = cmap.values[:, j][map_row]
     noise_seeds = rng.integers(0, 2**62, -(-n // SAMPLE_BLOCK))
     parts = []
     for b, start in enumerate(range(0, n, SAMPLE_BLOCK)):
