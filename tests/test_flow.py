@@ -328,3 +328,19 @@ def test_spline_inverse_takes_the_torch_path_for_autograd_and_without_numba(monk
         slow = flow(z, cond)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(sampled.detach(), slow, rtol=1e-4, atol=1e-5)
+
+
+def test_numba_is_imported_only_when_a_flow_samples_on_a_cpu():
+    """Loading emulators (a GAN's workers never sample a flow) does not import numba."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, galray.emulator.emulate, galray.models.flow as f\n"
+        "assert 'numba' not in sys.modules\n"
+        "flow = f.ConditionalFlow(3, 2, f.FlowConfig(transforms=1, bins=4, width=8))\n"
+        "with torch.no_grad():\n"
+        "    flow(torch.randn(5, 2), torch.randn(5, 3))\n"
+        "assert ('numba' in sys.modules) == f.spline_kernel.AVAILABLE\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

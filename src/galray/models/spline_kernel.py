@@ -22,21 +22,20 @@ steep, as it magnifies torch's own rounding.  tests/test_flow.py checks both aga
 Compiled on first use and cached on disk (``cache=True``: numba's cache beside this file, or
 the user's cache directory where that is read-only): a process's first call costs ~2 s when it
 compiles and ~0.35 s when it loads the cache (plus ~0.2 s to import numba), once per Ray worker.
-Without numba, :data:`AVAILABLE` is false and the flow keeps the torch path.
+numba is imported on that first use, so a process that never samples a flow on a CPU (a GAN's
+emulation workers) never imports it.  Without numba, :data:`AVAILABLE` is false and the flow
+keeps the torch path.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # an install without numba: the flow samples through torch
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = importlib.util.find_spec("numba") is not None  # else the flow samples through torch
 
 _F1, _F2, _F4 = np.float32(1.0), np.float32(2.0), np.float32(4.0)
 # exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2]: ln 2 split
@@ -47,6 +46,9 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
 _TAYLOR = tuple(np.float32(1 / math.factorial(i)) for i in range(7, -1, -1))  # 1/7! ... 1/0!
 _POW2 = np.ldexp(np.float32(1.0), np.arange(-32, 32)).astype(np.float32)  # 2^(i - 32)
+
+
+_inline_exp = None  # _exp jitted to inline into the kernel (set on first use, :func:`_compiled`)
 
 
 def _exp(x):  # pragma: no cover - jitted
@@ -91,7 +93,7 @@ def _rqs_inverse_into(
     for i in range(n_rows):
         for m in range(n_wh):  # torch: exp(wh / (1 - (2 / log_slope) * |wh|)), vectorised
             w = params[i, m]
-            e[m] = _exp(w / (_F1 - squash_wh * np.abs(w)))
+            e[m] = _inline_exp(w / (_F1 - squash_wh * np.abs(w)))
         for j in range(n_sel):
             # the widths' knots (xs) and the heights' (ys), cumulative sums accumulated in
             # float64 as torch's CPU cumsum accumulates float32
@@ -121,8 +123,8 @@ def _rqs_inverse_into(
             l0[m] = params[i, base + k] if k > 0 else np.float32(0.0)
             l1[m] = params[i, base + k + 1] if k < bins - 1 else np.float32(0.0)
     for m in range(size):  # the quadratic, branch-free
-        d0 = _exp(l0[m] / (_F1 - np.abs(l0[m]) / log_slope))
-        d1 = _exp(l1[m] / (_F1 - np.abs(l1[m]) / log_slope))
+        d0 = _inline_exp(l0[m] / (_F1 - np.abs(l0[m]) / log_slope))
+        d1 = _inline_exp(l1[m] / (_F1 - np.abs(l1[m]) / log_slope))
         dy = y1[m] - y0[m]
         s = dy / (x1[m] - x0[m])
         r = yv[m] - y0[m]
@@ -138,13 +140,28 @@ def _rqs_inverse_into(
             out[i, sel[j]] = yv[i * n_sel + j]
 
 
-if AVAILABLE:
-    # nogil: a caller's other threads (Ray's, pyarrow's) run meanwhile; no fastmath, so no
-    # reassociation or fused multiply-adds that would part it from torch's arithmetic
-    _exp = numba.njit(inline="always")(_exp)
-    exp = numba.njit(cache=True, error_model="numpy")(_exp.py_func)
-    # error_model="numpy": a division by zero is IEEE's inf or nan, as in torch, not a raise
-    # (whose per-division checks also kept the loops from vectorising)
-    rqs_inverse_into = numba.njit(cache=True, nogil=True, error_model="numpy")(_rqs_inverse_into)
-else:
-    exp = rqs_inverse_into = None
+@functools.cache
+def _compiled() -> tuple:
+    """The jitted ``(exp, rqs_inverse_into)``, numba imported on first use."""
+    import numba
+
+    # no fastmath, so no reassociation or fused multiply-adds that would part the kernel from
+    # torch's arithmetic; error_model="numpy": a division by zero is IEEE's inf or nan, as in
+    # torch, not a raise (whose per-division checks also kept the loops from vectorising)
+    global _inline_exp
+    _inline_exp = numba.njit(inline="always", error_model="numpy")(_exp)
+    return (
+        numba.njit(cache=True, error_model="numpy")(_exp),
+        # nogil: a caller's other threads (Ray's, pyarrow's) run meanwhile
+        numba.njit(cache=True, nogil=True, error_model="numpy")(_rqs_inverse_into),
+    )
+
+
+def exp(x: np.float32) -> np.float32:
+    """The kernel's ``exp`` of one float32 (compiled; for tests)."""
+    return _compiled()[0](x)
+
+
+def rqs_inverse_into(y, sel, params, bins, out, bound, squash_wh, log_slope) -> None:
+    """The compiled :func:`_rqs_inverse_into`."""
+    _compiled()[1](y, sel, params, bins, out, bound, squash_wh, log_slope)
