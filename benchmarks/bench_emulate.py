@@ -42,6 +42,31 @@ left per 200k-row shard on one core (cProfile): the flow's splines ~25 % and its
 ~25 %; the 0.5 the issue asks for needs about half of all of it gone, which on this CPU means a
 fused spline kernel (or a GPU, where the CPU side alone sets the pace, as for the GAN).
 
+2026-11-29, afternoon: the flow's spline inverse as one fused numba kernel
+(``galray.models.spline_kernel``), activations in place when sampling, a shard's deep rows
+sliced instead of gathered; the same output for a seed (the flow's to float32 rounding).  The
+machine was *not* quiet (other agents' Ray jobs, load average 30-130 while measuring), so each
+row is the code before these changes (commit b6cc6ee) and after, run back to back, each under
+``chrt -f 10``::
+
+                                  GAN before   GAN after    flow before   flow after
+    roofline (read->numpy->write)  1,129,103    1,127,034     1,161,059    1,125,369 rows/s
+    model only (Emulator.sample)     880,099      910,283       368,689      554,983 rows/s
+    end to end (galray emulate)      572,666      606,163       396,596      476,453 rows/s
+    end to end / roofline               0.51         0.54          0.34         0.42
+
+Four more runs of the new code the same afternoon: flow 0.45, 0.43, 0.43, 0.43 (487,306 rows/s
+at best), GAN 0.57, 0.56, 0.55, 0.55 (637,190 at best) -- short of the 0.5 and 0.58 asked.
+Per 200k-row shard on one core (cProfile, CPU s, best of 3, before -> after): flow splines
+0.181 -> 0.062, flow networks 0.165 -> 0.146, detection MLP 0.114 -> 0.111, the rest of
+Emulator.sample 0.071, the shard's columns 0.020 -> 0.015, the Parquet write with SHA-256 and
+page checksums 0.089 (0.29 s per 500k-row shard, CPU-bound: no I/O stall); the GAN's two MLPs
+0.213 -> 0.176.  Much of what is left is fixed: in a 10M-row flow run (~20 s) the first shard
+starts 3.9-4.9 s in (ray.timeline; per worker: Ray's actor start ~0.9 s, torch's import ~1.1
+s, healpy's ~0.85 s -- it imports matplotlib and astropy --, and for the flow numba's import and
+cache load ~0.5 s); the shards themselves (~1.35 s per 500k flow rows and worker) run at about
+0.6 of the roofline.
+
 2026-11-24, same machine, quiet: GAN 654,537 rows/s end to end (0.58), flow 216,318 (0.17).
 The flow now samples through galray's own spline inverse (3-4x zuko's per CPU-second,
 ``bench_flow_sample.py``): 1.4x end to end.  It stays arithmetic-bound on a CPU: per 500k-row

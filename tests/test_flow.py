@@ -344,3 +344,17 @@ def test_numba_is_imported_only_when_a_flow_samples_on_a_cpu():
         "assert ('numba' in sys.modules) == f.spline_kernel.AVAILABLE\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not spline_kernel.AVAILABLE, reason="numba is not installed")
+def test_fused_spline_compiles_without_a_writable_cache(monkeypatch):
+    """Where numba finds no writable cache directory, the kernel compiles per process."""
+    from numba.core import caching
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    spline_kernel._compiled.cache_clear()
+    try:
+        assert spline_kernel.exp(np.float32(0.0)) == 1.0
+        assert type(spline_kernel._compiled()[1]._cache).__name__ == "NullCache"
+    finally:
+        spline_kernel._compiled.cache_clear()

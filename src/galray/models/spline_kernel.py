@@ -5,8 +5,9 @@ temporaries (squash, exp, cumsum, normalise, pad, compare, gather, the quadratic
 kernel makes two: per row, the knots of each element's spline and its bin (the cumulative sums
 are sequential); then, over all elements at once and branch-free so that it vectorises, the
 quadratic -- with the derivatives evaluated only at the two knots of each element's bin.  On a
-2-vCPU EPYC (AVX-512), 8192 rows x 2 features x 8 bins: ~70 ns per element against ~180 for the
-torch path.
+2-vCPU EPYC (AVX-512), 8192 rows x 2 features x 8 bins: 50-70 ns per element against 140-180
+for the torch path (2.6x); a tiled variant that vectorises the cumulative sums across rows was
+no faster.
 
 It follows the torch path operation by operation in float32 -- the logits squashed into
 ``|l| < |log slope| / 2``, ``exp`` without max subtraction, the cumulative sum accumulated in
@@ -150,11 +151,15 @@ def _compiled() -> tuple:
     # torch, not a raise (whose per-division checks also kept the loops from vectorising)
     global _inline_exp
     _inline_exp = numba.njit(inline="always", error_model="numpy")(_exp)
-    return (
-        numba.njit(cache=True, error_model="numpy")(_exp),
-        # nogil: a caller's other threads (Ray's, pyarrow's) run meanwhile
-        numba.njit(cache=True, nogil=True, error_model="numpy")(_rqs_inverse_into),
-    )
+
+    def jit(func, **options):
+        try:
+            return numba.njit(cache=True, error_model="numpy", **options)(func)
+        except RuntimeError:  # no writable cache directory anywhere: compile in each process
+            return numba.njit(error_model="numpy", **options)(func)
+
+    # nogil: a caller's other threads (Ray's, pyarrow's) run meanwhile
+    return jit(_exp), jit(_rqs_inverse_into, nogil=True)
 
 
 def exp(x: np.float32) -> np.float32:
