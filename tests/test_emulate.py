@@ -88,7 +88,7 @@ def test_positions_lie_on_the_footprint(setup, tmp_path, ray_session):
     np.testing.assert_array_equal(t.depth_i.to_numpy(), cond.depth_i.reindex(t.pixel).to_numpy())
 
 
-def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_session):
+def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_join):
     root, model = setup
     out = tmp_path / "killed"
     cmd = [
@@ -98,7 +98,11 @@ def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_session):
         "--workers", "1",
     ]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, **ray_join),  # a driver on a running cluster
     )
     try:
         deadline = time.time() + 180

@@ -77,6 +77,26 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     assert metrics, f"metrics export port {found['metrics']} not listening: {listening}"
 
 
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1:6379", True),
+        ("localhost:41000", True),
+        ("10.0.0.5:6379", False),
+        ("auto", False),
+        ("ray://127.0.0.1:10001", False),  # Ray Client: its own protocol
+        ("head.cluster:6379", False),
+    ],
+)
+def test_a_driver_joins_a_loopback_instance_where_it_listens(address, loopback):
+    """RAY_ADDRESS=127.0.0.1:PORT (a local galray instance) is joined as a local-only node;
+    Ray would otherwise rewrite it to the routable address, where nothing listens
+    (tests/test_train_resume.py drives a training through such a join)."""
+    from galray.training.ray_env import _is_loopback
+
+    assert _is_loopback(address) is loopback
+
+
 # ---------------------------------------------------------------------- torch.load
 def _torch_loads_without_weights_only(path: Path) -> list[int]:
     """Lines of ``path`` calling ``torch.load`` (or ``load`` imported from torch) without a

@@ -95,9 +95,7 @@ def _quiet(*_) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_driver_ends_killed_and_resume_continues_the_same_run(
-    tmp_path, tracking, ray_session
-):
+def test_killed_driver_ends_killed_and_resume_continues_the_same_run(tmp_path, tracking, ray_join):
     """SIGTERM to the driver after its first checkpoint: MLflow says KILLED (not RUNNING), and
     --resume continues the same MLflow run at the next epoch.  On the way: a new run may not
     take the name, a changed network shape and a run whose driver holds the lock are refused,
@@ -107,7 +105,12 @@ def test_killed_driver_ends_killed_and_resume_continues_the_same_run(
     cmd += ["--set", "tracking.run_name=killed"]
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, **ray_join),  # a driver on a running cluster
     )
     try:
         deadline = time.time() + 300

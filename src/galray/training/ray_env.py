@@ -8,7 +8,9 @@ is rewritten to the machine's routable address on Linux.  Ray keeps a local-only
 macOS and Windows) while ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is false (environment
 variable ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once when Ray is imported), so
 :func:`init_ray` clears it for the duration of ``ray.init``.  ``tests/test_security.py`` checks
-every listening socket of the instance.
+every listening socket of the instance.  A driver that joins such an instance
+(``RAY_ADDRESS=127.0.0.1:PORT``) connects the same way, or Ray would look for it on the routable
+address.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
     # the galray CLI: Ray's logs and its workers' output into the command's log file
     console.adopt_library_loggers()
     log_to_driver = console.ray_log_to_driver(log_to_driver)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        if _is_loopback(address):  # a local instance of galray's: reach it where it listens
+            with _local_only_node():
+                ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, _node_ip_address=LOOPBACK)
+        else:
+            ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver)
         console.route_ray_worker_output()
         return
     with socket.socket() as probe:
@@ -57,6 +64,15 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}},
         )
     console.route_ray_worker_output()
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``RAY_ADDRESS`` names a GCS on this machine's loopback interface
+    (``127.0.0.1:PORT`` or ``localhost:PORT``; not ``auto``, ``ray://`` or another host).  Ray
+    rewrites such an address to the routable one before connecting, where a local instance of
+    galray's does not listen."""
+    host = address.rpartition(":")[0] if "://" not in address else ""
+    return host in (LOOPBACK, "localhost")
 
 
 @contextlib.contextmanager
