@@ -112,6 +112,11 @@ def test_smoke_training_registers_a_model_that_learned(
     report = json.loads((report_dir / "report.json").read_text())
     for key in ("mag_bias_median", "hsm_size_ratio_median", "ks_max", "baseline_c2st_auc"):
         assert key in report
+    for key in ("c2st_auc_minus_baseline", "c2st_auc_given_properties_minus_baseline"):
+        assert np.isfinite(report[key]) and report[f"{key}_err"] > 0
+    assert report["beats_baseline"] == (
+        report["c2st_auc_minus_baseline"] + 2 * report["c2st_auc_minus_baseline_err"] < 0
+    )
     # the estimator measured real and generated stamps, property by property
     judged = pd.read_csv(report_dir / "judge.csv")
     assert list(judged.property) == list(PROPERTIES) and (judged.n == report["n_rows"]).all()

@@ -147,14 +147,17 @@ def c2st_scores(
     """A gradient-boosted classifier telling ``other`` (1) from ``real`` (0) by their statistics
     (and ``given``'s columns, the same for both versions of a galaxy: then it tests the
     statistics *given* the properties): out-of-fold (scores, labels, galaxy rows) for every
-    galaxy, or None with fewer than 10 of a class in a fold.
+    galaxy, or None with fewer than 10 galaxies of a class.
 
     Row ``i`` of both frames is one galaxy (same properties, PSF and noise), and each galaxy
     keeps *one* version -- the real one for a random half of the rows, the other for the rest --
     so the classifier never sees a galaxy's twin and cannot win by pairing.  The galaxies are
     cut into ``folds`` folds; each fold is scored by a classifier trained on the others
     (cross-fitting: every galaxy is scored, by a model that never saw it, which halves the
-    variance of one 50/50 split).  Folds and versions depend only on ``seed`` and the row count,
+    variance of one 50/50 split).  The folds are stratified by kind: with folds of unequal
+    mixtures, a fold rich in one kind is scored by a classifier trained where that kind was
+    scarce, and the pooled AUC of two identical samples falls below 0.5.  Folds and versions
+    depend only on ``seed`` and the row count,
     so two calls with the same seed score the same galaxies the same way
     (:func:`galray.evaluation.selection.auc_difference`).
     """
@@ -163,13 +166,16 @@ def c2st_scores(
     cols = [c for c in real.columns if c in other.columns]
     n = len(real)
     rng = np.random.default_rng(seed)
-    fold = rng.permutation(n) % folds
     pick_other = rng.random(n) < 0.5  # which version of each galaxy is kept
+    fold = np.empty(n, np.int64)  # stratified: every fold holds the two kinds in one ratio
+    for kind in (False, True):
+        rows = rng.permutation(np.flatnonzero(pick_other == kind))
+        fold[rows] = np.arange(rows.size) % folds
     x = np.where(pick_other[:, None], other[cols].to_numpy(), real[cols].to_numpy())
     if given is not None:
         x = np.hstack([x, given.to_numpy(np.float64)])
     y = pick_other.astype(float)
-    if min(np.bincount(pick_other[fold == f], minlength=2).min() for f in range(folds)) < 10:
+    if np.bincount(pick_other, minlength=2).min() < 10:
         return None
     scores = np.empty(n)
     for f in range(folds):
