@@ -77,24 +77,29 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     assert metrics, f"metrics export port {found['metrics']} not listening: {listening}"
 
 
-@pytest.mark.parametrize(
-    ("address", "loopback"),
-    [
-        ("127.0.0.1:6379", True),
-        ("localhost:41000", True),
-        ("10.0.0.5:6379", False),
-        ("auto", False),
-        ("ray://127.0.0.1:10001", False),  # Ray Client: its own protocol
-        ("head.cluster:6379", False),
-    ],
-)
-def test_a_driver_joins_a_loopback_instance_where_it_listens(address, loopback):
-    """RAY_ADDRESS=127.0.0.1:PORT (a local galray instance) is joined as a local-only node;
-    Ray would otherwise rewrite it to the routable address, where nothing listens
-    (tests/test_train_resume.py drives a training through such a join)."""
-    from galray.training.ray_env import _is_loopback
+@pytest.mark.parametrize("where", ["loopback", "everywhere", "nowhere"])
+def test_a_driver_joins_a_loopback_instance_where_it_listens(where):
+    """RAY_ADDRESS=127.0.0.1:PORT is joined as a local-only node when the GCS there listens on
+    loopback only (a galray instance: Ray would otherwise look for it on the routable address,
+    where nothing listens -- tests/test_train_resume.py drives a training through such a join),
+    and as Ray joins it when it listens everywhere too (``ray start --head``).  Other addresses
+    are Ray's to resolve."""
+    import socket
 
-    assert _is_loopback(address) is loopback
+    from galray.training.ray_env import _loopback_only
+
+    server = socket.socket()
+    server.bind(("127.0.0.1" if where == "loopback" else "0.0.0.0", 0))
+    port = server.getsockname()[1]
+    if where != "nowhere":
+        server.listen()
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            assert _loopback_only(f"{host}:{port}") is (where != "everywhere")
+        for address in (f"10.0.0.5:{port}", "auto", f"ray://127.0.0.1:{port}", "head:6379"):
+            assert not _loopback_only(address)
+    finally:
+        server.close()
 
 
 # ---------------------------------------------------------------------- torch.load

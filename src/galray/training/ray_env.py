@@ -44,7 +44,7 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
     log_to_driver = console.ray_log_to_driver(log_to_driver)
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        if _is_loopback(address):  # a local instance of galray's: reach it where it listens
+        if _loopback_only(address):  # a local instance of galray's: reach it where it listens
             with _local_only_node():
                 ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, _node_ip_address=LOOPBACK)
         else:
@@ -66,13 +66,27 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
     console.route_ray_worker_output()
 
 
-def _is_loopback(address: str) -> bool:
-    """Whether ``RAY_ADDRESS`` names a GCS on this machine's loopback interface
-    (``127.0.0.1:PORT`` or ``localhost:PORT``; not ``auto``, ``ray://`` or another host).  Ray
-    rewrites such an address to the routable one before connecting, where a local instance of
-    galray's does not listen."""
-    host = address.rpartition(":")[0] if "://" not in address else ""
-    return host in (LOOPBACK, "localhost")
+def _loopback_only(address: str) -> bool:
+    """Whether ``RAY_ADDRESS`` names a GCS that listens on this machine's loopback interface only
+    (a local instance of galray's): the address is ``127.0.0.1:PORT`` or ``localhost:PORT`` and
+    nothing answers at that port on the routable address.  Ray rewrites a loopback address to
+    the routable one before connecting, which reaches an instance started by ``ray start``
+    (listening on every interface, its node registered under the routable address) but not
+    one of galray's; joining the latter as a local-only node is the only way in, and joining
+    the former that way finds no node of that address."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or host not in (LOOPBACK, "localhost") or not port.isdigit():
+        return False
+    from ray._private.services import get_node_ip_address
+
+    routable = get_node_ip_address()
+    if routable == LOOPBACK:
+        return True
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((routable, int(port))) != 0
 
 
 @contextlib.contextmanager
