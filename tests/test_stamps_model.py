@@ -243,11 +243,11 @@ def test_stamp_classifier_test_given_properties_sees_what_the_statistics_alone_m
     shuffled = pd.DataFrame({"stat": rng.permutation(prop) + 0.3 * rng.normal(size=n)})
     offset = pd.DataFrame({"stat": real["stat"] + 0.8 + 0.3 * rng.normal(size=n)})
     given = pd.DataFrame({"prop": prop})
-    out = c2st_comparison(real, shuffled, offset, seed=1)
+    out = c2st_comparison(real, shuffled, offset, seed=1, repeats=2)
     assert abs(out["c2st_auc"] - 0.5) < 3 * out["c2st_auc_err"]
     assert out["baseline_c2st_auc"] > 0.6
     assert out["c2st_auc_minus_baseline"] < -5 * out["c2st_auc_minus_baseline_err"]
-    cond = c2st_comparison(real, shuffled, offset, seed=1, given=given, suffix="_given")
+    cond = c2st_comparison(real, shuffled, offset, seed=1, given=given, suffix="_given", repeats=2)
     assert cond["c2st_auc_given"] > 0.8  # the relation is gone: told apart given the property
     assert cond["baseline_c2st_auc_given"] > 0.8
 
@@ -263,8 +263,8 @@ def test_stamp_classifier_test_cannot_win_by_pairing_twins():
     twins = real + 1e-4 * rng.normal(size=real.shape)
     given = pd.DataFrame({"p": rng.normal(size=3000)})
     for out in (
-        c2st_comparison(real, twins, twins, seed=0),
-        c2st_comparison(real, twins, twins, seed=0, given=given),
+        c2st_comparison(real, twins, twins, seed=0, repeats=2),
+        c2st_comparison(real, twins, twins, seed=0, given=given, repeats=2),
     ):
         assert abs(out["c2st_auc"] - 0.5) < 3 * out["c2st_auc_err"]
         assert out["c2st_auc_minus_baseline"] == 0.0
@@ -284,3 +284,23 @@ def test_stamp_classifier_test_folds_do_not_bias_identical_samples_low():
         scores, labels, rows = c2st_scores(flat, flat, seed=seed)
         assert sorted(rows) == list(range(500))  # every galaxy scored once
         assert roc_auc_score(labels, scores) == pytest.approx(0.5, abs=0.02)
+
+
+def test_stamp_classifier_difference_error_covers_the_tests_own_spread():
+    """Generator and baseline equally far from the real stamps (independent draws of one
+    shifted distribution): the true difference is 0, and each run's classifiers find different
+    things.  The error (the bootstrap over galaxies plus the spread across runs) keeps the
+    difference within about one of them, as a calibrated error should."""
+    from galray.evaluation.stamps import c2st_comparison
+
+    z = []
+    for d in range(8):
+        rng = np.random.default_rng(100 + d)
+        real, gen, base = (
+            pd.DataFrame(rng.normal(shift, 1.0, size=(300, 3)), columns=list("abc"))
+            for shift in (0.0, 0.3, 0.3)
+        )
+        out = c2st_comparison(real, gen, base, seed=d, repeats=3)
+        assert out["c2st_auc"] > 0.52 and out["baseline_c2st_auc"] > 0.52  # both find it
+        z.append(out["c2st_auc_minus_baseline"] / out["c2st_auc_minus_baseline_err"])
+    assert np.mean(np.abs(z) > 2) <= 0.125 and np.std(z) < 1.2, z

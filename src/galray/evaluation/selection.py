@@ -361,8 +361,11 @@ def auc_difference(
     with the same weights, so what the two share (which galaxies were drawn) cancels."""
     from sklearn.metrics import roc_auc_score
 
-    if len(a[0]) != len(b[0]) or set(np.unique(a[2])) != set(np.unique(b[2])):
-        raise ValueError("auc_difference: the two score sets are not over the same groups")
+    label = [dict(zip(np.asarray(g).tolist(), np.asarray(y).tolist())) for _, y, g in (a, b)]
+    if len(a[0]) != len(b[0]) or label[0] != label[1]:
+        raise ValueError(
+            "auc_difference: the two score sets are not over the same groups with the same labels"
+        )
     diff = float(roc_auc_score(a[1], a[0]) - roc_auc_score(b[1], b[0]))
     d = auc_bootstrap_samples(*a, seed, n_boot) - auc_bootstrap_samples(*b, seed, n_boot)
     d = d[np.isfinite(d)]

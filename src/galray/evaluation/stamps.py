@@ -36,6 +36,7 @@ HSM_COLUMNS = ("hsm_sigma", "hsm_e1", "hsm_e2", "hsm_e")
 MORPH_COLUMNS = ("gini", "m20", "concentration", "asymmetry")
 RHO_TARGET = 0.95  # Spearman rho every condition sweep should reach
 C2ST_FOLDS = 5  # cross-fitting folds of the classifier two-sample test
+C2ST_REPEATS = 5  # runs of it averaged (their spread is part of the error)
 BEATS_SIGMA = 2.0  # the generator beats the baseline: its AUC lower by this many paired errors
 
 
@@ -234,33 +235,41 @@ def c2st_comparison(
     seed: int = 0,
     given: pd.DataFrame | None = None,
     suffix: str = "",
+    repeats: int = C2ST_REPEATS,
 ) -> dict:
     """The classifier two-sample test of generated and of baseline stamps against the real ones
-    on the same split (:func:`c2st_scores`, same ``seed``), and the paired difference: keys
-    ``c2st_auc<suffix>``, ``baseline_c2st_auc<suffix>`` (each with ``_err``) and
-    ``c2st_auc<suffix>_minus_baseline`` with its error from the joint bootstrap over the
-    held-out galaxies (:func:`galray.evaluation.selection.auc_difference`): the two AUCs share
-    their real halves and galaxies, so the difference is known better than either."""
+    (:func:`c2st_scores`) and the paired difference: keys ``c2st_auc<suffix>``,
+    ``baseline_c2st_auc<suffix>`` and ``c2st_auc<suffix>_minus_baseline``, each with ``_err``.
+
+    Each value is the mean over ``repeats`` runs of the test (seeds ``seed``, ``seed + 1``, ...:
+    another version kept per galaxy, other folds, other classifier seeds) and its error adds
+    the two sources of spread: the galaxies drawn (the bootstrap of each run over them, its
+    mean variance) and the test's own randomness (the variance across runs over ``repeats``;
+    alone, the bootstrap leaves it out, and it is the larger part for a classifier that finds
+    something).  Within a run both classifiers score the same galaxies with the same versions
+    kept, and the difference is bootstrapped jointly over them
+    (:func:`galray.evaluation.selection.auc_difference`), so what the two share cancels."""
     from sklearn.metrics import roc_auc_score
 
     from galray.evaluation.selection import auc_bootstrap_error, auc_difference
 
+    names = (f"c2st_auc{suffix}", f"baseline_c2st_auc{suffix}", f"c2st_auc{suffix}_minus_baseline")
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    for r in range(repeats):
+        held = [c2st_scores(real, other, seed + r, given) for other in (generated, baseline)]
+        for key, h in zip(names, held):
+            if h is not None:
+                runs[key].append((float(roc_auc_score(h[1], h[0])), auc_bootstrap_error(*h)))
+        if None not in held:
+            runs[names[2]].append(auc_difference(*held, seed=seed + r))
     out = {}
-    held = {}
-    for prefix, other in (("", generated), ("baseline_", baseline)):
-        held[prefix] = c2st_scores(real, other, seed, given)
-        key = f"{prefix}c2st_auc{suffix}"
-        if held[prefix] is None:
+    for key, values in runs.items():
+        if len(values) < repeats:
             out[key] = out[f"{key}_err"] = math.nan
             continue
-        scores, labels, _ = held[prefix]
-        out[key] = float(roc_auc_score(labels, scores))
-        out[f"{key}_err"] = auc_bootstrap_error(*held[prefix], seed)
-    key = f"c2st_auc{suffix}_minus_baseline"
-    if held[""] is None or held["baseline_"] is None:
-        out[key] = out[f"{key}_err"] = math.nan
-    else:
-        out[key], out[f"{key}_err"] = auc_difference(held[""], held["baseline_"], seed)
+        v, e = np.array(values).T
+        spread = v.var(ddof=1) / repeats if repeats > 1 else 0.0
+        out[key], out[f"{key}_err"] = float(v.mean()), float(math.sqrt(np.mean(e**2) + spread))
     return out
 
 
