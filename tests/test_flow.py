@@ -358,3 +358,22 @@ def test_fused_spline_compiles_without_a_writable_cache(monkeypatch):
         assert type(spline_kernel._compiled()[1]._cache).__name__ == "NullCache"
     finally:
         spline_kernel._compiled.cache_clear()
+
+
+def test_fused_kernel_refuses_arrays_that_do_not_fit():
+    """numba checks no indices, so the kernel's wrapper checks the shapes: too few parameters
+    for the bins, a feature index beyond ``y``, or ``out`` of another shape raise instead of
+    reading or writing past an array."""
+    y = np.zeros((4, 3), np.float32)
+    sel = np.array([0, 2], np.int64)
+    params = np.zeros((4, 2 * (3 * 8 - 1)), np.float32)
+    args = (np.float32(5.0), np.float32(-0.1), np.float32(-6.9))
+    spline_kernel.rqs_inverse_into(y, sel, params, 8, y.copy(), *args)  # fits
+    for bad in (
+        (y, sel, params[:, :-1], 8, y.copy()),
+        (y, np.array([0, 3]), params, 8, y.copy()),
+        (y, sel, params, 8, np.zeros((4, 2), np.float32)),
+        (y, sel, params[:3], 8, y.copy()),
+    ):
+        with pytest.raises(ValueError, match="do not fit"):
+            spline_kernel.rqs_inverse_into(*bad, *args)

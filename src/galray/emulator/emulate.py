@@ -142,7 +142,10 @@ def emulate_shard(
     seed: int,
     positions: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """Emulate one shard (deterministic in ``seed`` and the shard's indices)."""
+    """Emulate one shard (deterministic in ``seed`` and the shard's indices).  ``deep``'s
+    arrays reach ``emulator.sample`` as views (a slice of the shard's rows, no copy), so neither
+    may write to them: they are every shard's input, and read-only where Ray's object store
+    holds them."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, shard.realization, shard.chunk]))
     n = shard.stop - shard.start
     if positions is None:  # the shard's own deep rows: a slice, no gather

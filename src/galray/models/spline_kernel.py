@@ -168,5 +168,20 @@ def exp(x: np.float32) -> np.float32:
 
 
 def rqs_inverse_into(y, sel, params, bins, out, bound, squash_wh, log_slope) -> None:
-    """The compiled :func:`_rqs_inverse_into`."""
+    """The compiled :func:`_rqs_inverse_into`, its arrays' shapes checked first (numba does not
+    check indices: a mismatch would read or write beyond an array, not raise)."""
+    rows, width = params.shape
+    if (
+        y.ndim != 2
+        or out.shape != y.shape
+        or y.shape[0] != rows
+        or sel.ndim != 1
+        or width < sel.shape[0] * (3 * bins - 1)
+        or (sel.size and not (0 <= sel.min() and sel.max() < y.shape[1]))
+        or bins < 1
+    ):
+        raise ValueError(
+            f"rqs_inverse_into: y {y.shape}, out {out.shape}, sel {sel.shape}, params "
+            f"{params.shape} for {bins} bins do not fit together"
+        )
     _compiled()[1](y, sel, params, bins, out, bound, squash_wh, log_slope)
