@@ -67,6 +67,20 @@ s, healpy's ~0.85 s -- it imports matplotlib and astropy --, and for the flow nu
 cache load ~0.5 s); the shards themselves (~1.35 s per 500k flow rows and worker) run at about
 0.6 of the roofline.
 
+Later, the machine quiet (load < 1), each run under ``chrt -f 10``, the code of e22b7b0: the same
+10M rows, and 50M (500k deep x 100 realizations, ``--realizations 100``)::
+
+                                   GAN, 10M     GAN, 50M    flow, 10M    flow, 50M
+    roofline (read->numpy->write)  1,141,477    1,157,651    1,141,015    1,134,187 rows/s
+    model only (Emulator.sample)     901,933      823,069      609,319      605,299 rows/s
+    end to end (galray emulate)      638,142      870,971      499,080      693,497 rows/s
+    end to end / roofline               0.56         0.75         0.44         0.61
+
+The difference between the two columns is the fixed cost of a run (each emulation's workers
+start and import torch, healpy and numba: ~4-5 s whatever the size): over 50M rows it is paid
+once per ~70 s, and the rates approach the shards' own.  The warm-up run above does not take it
+out of the measured run: Ray Data starts new actors, in new processes, for every run.
+
 2026-11-24, same machine, quiet: GAN 654,537 rows/s end to end (0.58), flow 216,318 (0.17).
 The flow now samples through galray's own spline inverse (3-4x zuko's per CPU-second,
 ``bench_flow_sample.py``): 1.4x end to end.  It stays arithmetic-bound on a CPU: per 500k-row
