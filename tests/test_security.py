@@ -5,11 +5,8 @@ is code plus JSON and tensors, no pickle."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import ipaddress
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -23,31 +20,6 @@ from test_tracking import input_rows, tiny_emulator
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
-# Runs in a fresh interpreter (the test session may already hold a Ray instance): starts galray's
-# local Ray, runs a task, and prints every listening socket of the driver and its descendants
-# (GCS, raylet, dashboard, agents, workers) and the metrics export port.
-_LISTENERS = """
-import json, os
-import ray
-import psutil  # Ray's dependency
-from galray.training.ray_env import init_ray
-
-os.environ.pop("RAY_ADDRESS", None)
-init_ray(num_cpus=1, log_to_driver=False)
-ray.get(ray.remote(lambda: 1).remote())
-me = psutil.Process()
-pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
-listening = [
-    [c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()]
-    for c in psutil.net_connections(kind="inet")
-    if c.status == psutil.CONN_LISTEN and c.pid in pids
-]
-node = ray._private.worker._global_node
-print(json.dumps({"listening": listening, "metrics": node.metrics_export_port,
-                  "node_ip": node.node_ip_address}))
-ray.shutdown()
-"""
-
 
 def _loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip.split("%")[0])
@@ -55,19 +27,34 @@ def _loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def test_local_ray_listens_on_loopback_only(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["RAY_AUTH_MODE"] = "token"
-    done = subprocess.run(
-        [sys.executable, "-c", _LISTENERS],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+def _listening(ray) -> dict:
+    """Every listening socket of the Ray instance this process runs (driver, GCS, raylet,
+    dashboard, agents, workers: the processes naming its session and theirs) after a task has
+    run, with the metrics export port and the node address."""
+    import psutil  # Ray's dependency
+
+    ray.get(ray.remote(lambda: 1).remote())
+    node = ray._private.worker._global_node
+    session = Path(node.get_session_dir_path()).name
+    me = psutil.Process()
+    pids = {me.pid}
+    for proc in me.children(recursive=True):  # GCS, raylet, dashboard; agents and workers
+        with contextlib.suppress(psutil.Error):  # under them rename themselves ray::...
+            if any(session in arg for arg in proc.cmdline()):
+                pids |= {proc.pid} | {p.pid for p in proc.children(recursive=True)}
+    listening = [
+        [c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()]
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+    return {"listening": listening, "metrics": node.metrics_export_port,
+            "node_ip": node.node_ip_address}  # fmt: skip
+
+
+def test_local_ray_listens_on_loopback_only(ray_session):
+    """The session's instance, started by galray's init_ray as every local galray run starts
+    one (tests/conftest.py), listens on 127.0.0.1 only."""
+    found = _listening(ray_session)
     listening = found["listening"]
     assert len(listening) >= 5, listening  # GCS, raylet, dashboard, agents, worker: seen at all
     exposed = [entry for entry in listening if not _loopback(entry[0])]

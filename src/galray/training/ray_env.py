@@ -79,9 +79,12 @@ def _loopback_only(address: str) -> bool:
     host, _, port = address.rpartition(":")
     if "://" in address or host not in (LOOPBACK, "localhost") or not port.isdigit():
         return False
-    from ray._private.services import get_node_ip_address
-
-    routable = get_node_ip_address()
+    try:  # the address a route out leaves from (no packet is sent), as Ray finds its own
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.connect(("8.8.8.8", 80))
+            routable = udp.getsockname()[0]
+    except OSError:  # no route out: only loopback to listen on
+        return True
     if routable == LOOPBACK:
         return True
     with socket.socket() as probe:
