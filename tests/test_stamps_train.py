@@ -113,7 +113,7 @@ def test_smoke_training_registers_a_model_that_learned(
     for key in ("mag_bias_median", "hsm_size_ratio_median", "ks_max", "baseline_c2st_auc"):
         assert key in report
     for key in ("c2st_auc_minus_baseline", "c2st_auc_given_properties_minus_baseline"):
-        assert np.isfinite(report[key]) and report[f"{key}_err"] > 0
+        assert np.isfinite(report[key]) and report[f"{key}_err"] >= 0  # 30 stamps: may be 0
     assert report["beats_baseline"] == (
         report["c2st_auc_minus_baseline"] + 2 * report["c2st_auc_minus_baseline_err"] < 0
     )

@@ -175,6 +175,11 @@ def c2st_scores(
     x = np.where(pick_other[:, None], other[cols].to_numpy(), real[cols].to_numpy())
     if given is not None:
         x = np.hstack([x, given.to_numpy(np.float64)])
+    finite = np.isfinite(x)  # statmorph's columns are NaN beyond its rows: a column must have
+    keep = finite.sum(axis=0) >= 10  # values in every training set (a binning of nothing raises)
+    for f in range(folds):
+        keep &= finite[fold != f].any(axis=0)
+    x = x[:, keep]
     y = pick_other.astype(float)
     if np.bincount(pick_other, minlength=2).min() < 10:
         return None
