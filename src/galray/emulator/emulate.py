@@ -75,10 +75,10 @@ class EmulateConfig:
     random positions.  seed: every random draw (the output is deterministic for a seed).
     chunk_rows: deep rows (or positions) per shard.  workers: actors, all started at once
     (default: up to one per GPU, else one per CPU, grown from one as the queue asks).
-    precision: the networks' hidden-layer arithmetic (:mod:`galray.models.precision`): ``auto`` -- ``bf16`` if the driver's CPU multiplies
-    bfloat16 natively, else ``fp32``, resolved once and recorded, so every worker uses the same
-    and a resume must resolve to it too -- ``fp32`` or ``bf16``; ``fp32`` gives the same output
-    on any hardware.  overwrite: replace the emulation in ``out`` once the new run
+    precision: the networks' hidden-layer arithmetic (:mod:`galray.models.precision`):
+    ``auto`` -- ``bf16`` if the driver's CPU multiplies bfloat16 natively, else ``fp32``,
+    resolved once and recorded, so every worker uses the same and a resume must resolve to it
+    too -- ``fp32`` or ``bf16``; ``fp32`` gives the same output on any hardware.  overwrite: replace the emulation in ``out`` once the new run
     completes.  resume: finish an interrupted run in ``out`` (its shards checked, damaged ones
     redone).
     """

@@ -172,17 +172,18 @@ def c2st_scores(
     for kind in (False, True):
         rows = rng.permutation(np.flatnonzero(pick_other == kind))
         fold[rows] = np.arange(rows.size) % folds
+    if np.bincount(pick_other, minlength=2).min() < 10:
+        return None
     x = np.where(pick_other[:, None], other[cols].to_numpy(), real[cols].to_numpy())
     if given is not None:
         x = np.hstack([x, given.to_numpy(np.float64)])
-    finite = np.isfinite(x)  # statmorph's columns are NaN beyond its rows: a column must have
-    keep = finite.sum(axis=0) >= 10  # values in every training set (a binning of nothing raises)
+    # statmorph's columns are NaN beyond its rows: keep a column only if every training set has
+    # values in it (sklearn's binning of a column of nothing raises)
+    finite = np.isfinite(x)
+    keep = finite.sum(axis=0) >= 10
     for f in range(folds):
         keep &= finite[fold != f].any(axis=0)
-    x = x[:, keep]
-    y = pick_other.astype(float)
-    if np.bincount(pick_other, minlength=2).min() < 10:
-        return None
+    x, y = x[:, keep], pick_other.astype(float)
     scores = np.empty(n)
     for f in range(folds):
         test = fold == f

@@ -9,8 +9,8 @@ macOS and Windows) while ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is fa
 variable ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once when Ray is imported), so
 :func:`init_ray` clears it for the duration of ``ray.init``.  ``tests/test_security.py`` checks
 every listening socket of the instance.  A driver that joins such an instance
-(``RAY_ADDRESS=127.0.0.1:PORT``) connects the same way, or Ray would look for it on the routable
-address.
+(``RAY_ADDRESS=127.0.0.1:PORT``, nothing at that port on the routable address) connects the
+same way, or Ray would look for it on the routable address.
 """
 
 from __future__ import annotations
