@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 
@@ -104,6 +103,8 @@ def load_positions(path: str | Path, cmap: ConditionMap, deep_ids: np.ndarray) -
             )
     else:
         deep_idx = np.arange(ra.size, dtype=np.int64) % deep_ids.size
+    import healpy as hp  # not at the top: emulation workers import this module (0.7 s)
+
     pixel = hp.ang2pix(cmap.nside, ra, dec, lonlat=True, nest=cmap.ordering == "NESTED")
     rows, inside = cmap.index(pixel)
     if not inside.any():
