@@ -88,42 +88,6 @@ def test_positions_lie_on_the_footprint(setup, tmp_path, ray_session):
     np.testing.assert_array_equal(t.depth_i.to_numpy(), cond.depth_i.reindex(t.pixel).to_numpy())
 
 
-@pytest.mark.parametrize("ordering", ["RING", "NESTED"])
-@pytest.mark.parametrize("nside", [1, 64, 4096])
-def test_random_positions_fall_in_their_pixels_uniformly(ordering, nside):
-    """Each position lies in the footprint pixel drawn for it (as healpy assigns it), in the
-    map's own ordering, and is spread over that pixel, not put at its centre."""
-    import healpy as hp
-
-    from galray.datasets.conditions import ConditionMap
-    from galray.emulator.emulate import random_positions
-
-    rng = np.random.default_rng(3)
-    pixels = np.unique(rng.integers(0, 12 * nside**2, 40))
-    cmap = ConditionMap(
-        pixels, np.zeros((pixels.size, 1), np.float32), ("depth_i",), nside, ordering
-    )
-    ra, dec, pixel, row = random_positions(cmap, 20_000, rng)
-    np.testing.assert_array_equal(pixel, cmap.pixels[row])
-    nest = ordering == "NESTED"
-    np.testing.assert_array_equal(hp.ang2pix(nside, ra, dec, lonlat=True, nest=nest), pixel)
-    # within a pixel the positions spread over its area (~ its size), not one point
-    first = pixel == pixel[0]
-    spread = np.hypot(np.std(ra[first]) * np.cos(np.radians(dec[first].mean())), np.std(dec[first]))
-    assert spread > 0.2 * hp.nside2resol(nside, arcmin=True) / 60
-
-
-def test_emulation_workers_do_not_import_healpy():
-    """The module a worker imports leaves out healpy (its import pulls in matplotlib and
-    astropy: ~0.7 s of every emulation worker's start)."""
-    code = (
-        "import sys, galray.emulator.emulate; "
-        "print(sorted(m for m in ('healpy', 'matplotlib', 'astropy') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def test_killed_run_resumes_without_duplicates(setup, tmp_path, ray_join):
     root, model = setup
     out = tmp_path / "killed"

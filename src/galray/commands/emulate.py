@@ -33,7 +33,10 @@ def register(sub, groups) -> None:
     )
     add_deprecated(p, "--chunk-rows", "--shard-rows", "chunk_rows", type=int)
     p.add_argument(
-        "--workers", type=int, help="actors, all started at once (default: up to GPUs, else CPUs)"
+        "--workers",
+        type=int,
+        help="actors, all started at once (default: one per CPU; with GPUs one fewer per GPU "
+        "node, sharing its GPUs)",
     )
     p.add_argument(
         "--precision",

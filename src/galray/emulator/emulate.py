@@ -16,23 +16,26 @@ through the object store) and hold
 the deep catalog and the condition map (shared through the object store) -> one summary row per
 shard, streamed back to the driver for the progress bar.
 
-With GPUs the pool holds one actor per CPU but one (which the driver keeps), all sharing the GPUs
-fractionally: the model is a small fraction of a shard's time on a GPU, so the CPU side --
-positions, lookups, decoding, Parquet encoding -- sets the pace and is spread over every core.
-Without GPUs, one actor per CPU.
+With GPUs the pool holds, on each node with GPUs, one actor per CPU but one (left to the driver
+and Ray's own processes), all sharing that node's GPUs fractionally: the model is a small
+fraction of a shard's time on a GPU, so the CPU side -- positions, lookups, decoding, Parquet
+encoding -- sets the pace and is spread over every core (:func:`pool_shape`).  Without GPUs, one
+actor per CPU.
 
 Positions: uniform on the sphere inside the footprint -- a footprint pixel drawn uniformly
 (HEALPix pixels have equal area), then a uniformly drawn NESTED sub-pixel ``2^10`` times finer,
 whose centre is the position (granularity ~0.003 arcsec x (4096 / nside)).  The pixel
 arithmetic is hpgeom's (LSST DESC's C HEALPix geometry, numpy its only dependency): healpy's
 ``import`` pulls in matplotlib and astropy, ~0.7 s of every worker's start; hpgeom's pixel
-centres are healpy's to the last bit in ra and within 1e-14 deg in dec.
+centres are healpy's to the last bit in ra and within ~2e-14 deg (a few ulp) in dec, so an
+output is bit-identical for a seed within one galray version.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -77,7 +80,8 @@ class EmulateConfig:
     positions: optional Parquet with ``ra``, ``dec`` (deg) [and ``deep_id``] to use instead of
     random positions.  seed: every random draw (the output is deterministic for a seed).
     chunk_rows: deep rows (or positions) per shard.  workers: actors, all started at once
-    (default: up to one per GPU, else one per CPU; never more than the shards to do).
+    (default: one per CPU, one fewer on each node with GPUs, whose actors share its GPUs; never
+    more than the shards to do).
     precision: the networks' hidden-layer arithmetic (:mod:`galray.models.precision`):
     ``auto`` -- ``bf16`` if the driver's CPU multiplies bfloat16 natively, else ``fp32``,
     resolved once and recorded, so every worker uses the same and a resume must resolve to it
@@ -275,6 +279,27 @@ class InjectedKill(BaseException):
     it skips every clean-up (a BaseException, so ``except Exception`` does not catch it)."""
 
 
+def pool_shape(nodes: list[dict], workers: int | None = None) -> tuple[int, float]:
+    """(actors, GPUs of each) for a cluster of ``nodes`` (``ray.nodes()``: ``Alive``,
+    ``Resources``).  Without GPUs: one actor per CPU.  With GPUs: on each node with GPUs and
+    CPUs, one actor per CPU but one, each taking a share of the GPUs small enough that every
+    node's actors fit on it (floored to Ray's 1e-4 resource unit, at most one GPU); ``workers``
+    (``--workers``): that many actors, sharing all the GPUs evenly."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    cpus = sum(int(r.get("CPU", 0)) for r in alive)
+    gpus = sum(r.get("GPU", 0) for r in alive)
+    gpu_nodes = [r for r in alive if r.get("GPU", 0) > 0 and int(r.get("CPU", 0)) >= 1]
+    if not gpus or not gpu_nodes:
+        return (workers or max(1, cpus)), 0.0
+    if workers:
+        share = gpus / workers
+    else:
+        per_node = [(max(1, int(r["CPU"]) - 1), r["GPU"]) for r in gpu_nodes]
+        workers = sum(k for k, _ in per_node)
+        share = min(g / k for k, g in per_node)
+    return workers, min(1.0, math.floor(share * 10_000) / 10_000)
+
+
 def plan_shards(n_rows: int, realizations: int, chunk_rows: int) -> list[Shard]:
     return [
         Shard(k, j, start, min(start + chunk_rows, n_rows))
@@ -380,9 +405,7 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
     kill_after = int(fault.split(":")[1]) if fault.startswith("driver:") else None
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = cfg.workers or max(1, cpus - 1 if gpus else cpus)
+    workers, gpu_share = pool_shape(ray.nodes(), cfg.workers)
     specs = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
     results = specs.map_batches(
         ShardWriter,
@@ -401,7 +424,7 @@ def _run(cfg, output, pending, n_shards, model, deep, cmap, positions, progress)
         # the queue asks: an actor takes ~3 s to start (Ray's worker, ray.data, torch), and a
         # pool grown from one left a 2-CPU run's second core idle for its first ~4 s
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(pending))),
-        num_gpus=gpus / workers if gpus else 0,
+        num_gpus=gpu_share,
         num_cpus=1,
     )
     # a tqdm bar on a terminal, a plain line every 10% or 30 s when piped
