@@ -87,8 +87,8 @@ the workers' pixel arithmetic through hpgeom instead of healpy (whose import pul
 matplotlib and astropy, 0.74 s of every worker's start).  ``--repeats 5`` (each run against
 its own roofline; mean +- standard error, then each run)::
 
-    python benchmarks/bench_emulate.py --model flow --deep-rows 500000 --realizations 20 \
-        --skip-memory --repeats 5
+    python benchmarks/bench_emulate.py --deep-rows 500000 --realizations 20 --skip-memory \
+        --repeats 5 [--model flow [--preset des-y6 --repeats 3]]
 
                                   GAN, 10M rows       flow, 10M rows      flow, --preset des-y6
     roofline (read->numpy->write)   1,164,661 rows/s    1,177,399 rows/s      578,896 rows/s
@@ -220,6 +220,8 @@ def main() -> None:
         help="end-to-end runs, each with its own roofline; the ratio as mean +- standard error",
     )
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     scratch = Path(tempfile.mkdtemp(prefix="galray-bench-"))
     try:
         sim = SurveyConfig(

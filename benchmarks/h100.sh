@@ -3,7 +3,7 @@
 # $OUT/<stage>.txt (or ./h100-out/).  Meant for the lent H100 machine, which has torch + CUDA,
 # numpy, pandas, pyarrow and scipy but not Ray, healpy, astropy, zuko or scikit-learn:
 #
-#   here:    bash ../shared/gpu/pack-site.sh zuko scikit-learn pyyaml tqdm h5py
+#   here:    bash ../shared/gpu/pack-site.sh zuko scikit-learn pyyaml tqdm h5py hpgeom
 #   device:  mkdir -p /tmp/site && tar -xJf .gpu/site.tar.xz -C /tmp/site \
 #              && export PYTHONPATH=/tmp/site:$PWD/src && bash benchmarks/h100.sh step sample sgan
 #            (carry [".gpu"]; one call runs at most 10 minutes, so split the stages over calls)
@@ -50,7 +50,8 @@ run_stage() {
 import importlib, torch
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')
-for m in ['ray', 'healpy', 'astropy', 'zuko', 'sklearn', 'yaml', 'tqdm', 'mlflow', 'galsim', 'sep']:
+for m in ['ray', 'healpy', 'hpgeom', 'astropy', 'zuko', 'sklearn', 'yaml', 'tqdm', 'mlflow',
+          'galsim', 'sep']:
     try:
         importlib.import_module(m); print('ok     ', m)
     except Exception as e:
