@@ -202,14 +202,27 @@ def _dry(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _nothing_started(tmp_path: Path, before: set) -> None:
+@pytest.fixture
+def forbid_ray_start(monkeypatch):
+    """A dry run must not start Ray: ``ray.init`` and galray's ``init_ray`` raise if called.
+    (Asserting ``not ray.is_initialized()`` afterwards failed whenever an earlier test of the
+    session had started Ray, and missed an ``init_ray`` that returns early on such a Ray.)"""
     import ray
 
-    assert not ray.is_initialized()
+    from galray.training import ray_env
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the dry run started Ray")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray_env, "init_ray", refuse)
+
+
+def _nothing_started(tmp_path: Path, before: set) -> None:
     assert set(tmp_path.rglob("*")) == before  # nothing written, no storage, no mlflow.db
 
 
-def test_tune_dry_run_checks_without_starting(capsys, tmp_path, monkeypatch):
+def test_tune_dry_run_checks_without_starting(capsys, tmp_path, monkeypatch, forbid_ray_start):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     base = ["tune", "emulator", "--config", str(CONFIGS / "tune-emulator-smoke.yaml"),
@@ -245,7 +258,9 @@ def test_dry_run_refuses_more_cpus_than_the_machine_has(capsys, tmp_path, monkey
     assert re.search(r"^  FAIL  scaling.cpus_per_worker: 512 worker\(s\) x 0.4 CPUs", out, re.M)
 
 
-def test_train_dry_run_opens_the_data_and_starts_nothing(capsys, tmp_path, monkeypatch):
+def test_train_dry_run_opens_the_data_and_starts_nothing(
+    capsys, tmp_path, monkeypatch, forbid_ray_start
+):
     from galray.datasets.simulate import SurveyConfig, simulate_survey
 
     survey = tmp_path / "survey"
@@ -273,7 +288,9 @@ def test_train_dry_run_opens_the_data_and_starts_nothing(capsys, tmp_path, monke
     ("product", "field", "simulate"),
     [("deepfield", "data.image", False), ("stamps", "data.stamps", True)],
 )
-def test_train_dry_run_missing_data(capsys, tmp_path, monkeypatch, product, field, simulate):
+def test_train_dry_run_missing_data(
+    capsys, tmp_path, monkeypatch, product, field, simulate, forbid_ray_start
+):
     monkeypatch.chdir(tmp_path)
     before = set(tmp_path.rglob("*"))
     argv = ["train", product, "--config", str(CONFIGS / f"{product}-smoke.yaml"),
