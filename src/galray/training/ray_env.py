@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 
 LOOPBACK = "127.0.0.1"
@@ -31,8 +32,6 @@ def init_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> None
     a controller is alive; with several local Ray instances on one machine the API cannot tell
     which to ask, and the workers of a Tune trial stopped early (ASHA) are never freed.
     """
-    import socket
-
     import ray
 
     from galray import console
@@ -74,8 +73,6 @@ def _loopback_only(address: str) -> bool:
     (listening on every interface, its node registered under the routable address) but not
     one of galray's; joining the latter as a local-only node is the only way in, and joining
     the former that way finds no node of that address."""
-    import socket
-
     host, _, port = address.rpartition(":")
     if "://" in address or host not in (LOOPBACK, "localhost") or not port.isdigit():
         return False
